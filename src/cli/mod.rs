@@ -1,0 +1,181 @@
+//! The command line: `tinylet run|ps|logs|image|version` (and the internal `shim`).
+
+pub mod args;
+pub mod logs;
+pub mod ps;
+
+use crate::config::{self, Config};
+use crate::image::ImageStore;
+use crate::kubelet::{self, backoff::BackoffPolicy, Context};
+use crate::runtime::{cgroups::Hierarchy, runc::Runc, Runtime};
+use args::Args;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "tinylet: a Kubernetes node agent for edge devices
+
+usage:
+  tinylet run [--root-dir DIR] [--pod-manifest-path DIR] [--node-name NAME] [--runtime RUNC]
+              [--runtime-root DIR] [--pod-log-dir DIR] [--cgroup-root PATH] [--node-ip IP] [-v]
+  tinylet ps [-o table|json] [--root-dir DIR]
+  tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
+  tinylet image import PATH [--name NAME] | image ls | image rm NAME   [--root-dir DIR]
+  tinylet version
+";
+
+const RUN_FLAGS: &[&str] = &["root-dir", "pod-manifest-path", "node-name", "hostname-override", "runtime", "runtime-root", "pod-log-dir", "cgroup-root", "node-ip", "backoff-scale"];
+
+pub fn main(argv: Vec<String>) -> Result<(), String> {
+    let Some(cmd) = argv.first().map(String::as_str) else {
+        print!("{}", USAGE);
+        return Err("no command given".into());
+    };
+    let rest = &argv[1..];
+    match cmd {
+        "run" => run(rest),
+        "ps" => {
+            let a = Args::parse(rest, &["root-dir", "o", "output"], &[])?;
+            let root = root_dir(&a);
+            match a.get("o").or(a.get("output")).unwrap_or("table") {
+                "json" => println!("{}", serde_json::to_string_pretty(&ps::pod_list(&root)).unwrap_or_default()),
+                "table" | "wide" => print!("{}", ps::table(&root, crate::clock::now_unix().as_secs())),
+                other => return Err(format!("unknown output format {:?} (use table or json)", other)),
+            }
+            Ok(())
+        }
+        "logs" => {
+            let a = Args::parse(rest, &["root-dir", "pod-log-dir", "n", "namespace", "c", "container"], &["f", "follow", "p", "previous"])?;
+            let root = root_dir(&a);
+            let log_dir = PathBuf::from(a.get("pod-log-dir").unwrap_or("/var/log/pods"));
+            let pod = a.positional.first().ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] POD [CONTAINER]")?;
+            let container = a.positional.get(1).map(String::as_str).or(a.get("c")).or(a.get("container"));
+            let req = logs::LogsRequest {
+                root: &root,
+                log_dir: &log_dir,
+                namespace: a.get("n").or(a.get("namespace")),
+                pod,
+                container,
+                follow: a.flag("f") || a.flag("follow"),
+                previous: a.flag("p") || a.flag("previous"),
+            };
+            logs::run(&req, &mut std::io::stdout().lock())
+        }
+        "image" => image(rest),
+        "version" | "--version" => {
+            println!("tinylet {} ({} {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            print!("{}", USAGE);
+            Ok(())
+        }
+        other => Err(format!("unknown command {:?}\n\n{}", other, USAGE)),
+    }
+}
+
+fn root_dir(a: &Args) -> PathBuf {
+    PathBuf::from(a.get("root-dir").unwrap_or("/var/lib/tinylet"))
+}
+
+fn image(rest: &[String]) -> Result<(), String> {
+    let a = Args::parse(rest, &["root-dir", "name"], &[])?;
+    let store = ImageStore::open(&root_dir(&a)).map_err(|e| e.to_string())?;
+    match a.positional.first().map(String::as_str) {
+        Some("import") => {
+            let path = a.positional.get(1).ok_or("usage: tinylet image import PATH [--name NAME]")?;
+            let images = store.import(std::path::Path::new(path), a.get("name")).map_err(|e| format!("importing {}: {}", path, e))?;
+            for i in images {
+                println!("imported {} ({})", i.name, i.id);
+            }
+            Ok(())
+        }
+        Some("ls") | Some("list") => {
+            println!("{:<50} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for i in store.list().map_err(|e| e.to_string())? {
+                let id = i.id.trim_start_matches("sha256:");
+                println!("{:<50} {:<20} {:>10}", i.name, &id[..id.len().min(12)], human_size(i.size));
+            }
+            Ok(())
+        }
+        Some("rm") | Some("remove") => {
+            let name = a.positional.get(1).ok_or("usage: tinylet image rm NAME")?;
+            store.remove(name).map_err(|e| format!("removing {}: {}", name, e))?;
+            println!("removed {}", name);
+            Ok(())
+        }
+        _ => Err("usage: tinylet image import PATH [--name NAME] | image ls | image rm NAME".into()),
+    }
+}
+
+fn human_size(b: u64) -> String {
+    match b {
+        0..=1023 => format!("{}B", b),
+        1024..=1048575 => format!("{:.1}KiB", b as f64 / 1024.0),
+        _ => format!("{:.1}MiB", b as f64 / 1048576.0),
+    }
+}
+
+fn run(rest: &[String]) -> Result<(), String> {
+    let a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
+    let level = if a.flag("v") || a.flag("verbose") { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+    let _ = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps().init();
+    let mut config = Config::default();
+    if let Some(v) = a.get("root-dir") {
+        config.root_dir = v.into();
+    }
+    if let Some(v) = a.get("pod-manifest-path") {
+        config.pod_manifest_path = v.into();
+    }
+    if let Some(v) = a.get("node-name").or(a.get("hostname-override")) {
+        config.node_name = v.to_lowercase();
+    }
+    if let Some(v) = a.get("runtime") {
+        config.runtime = v.into();
+    }
+    if let Some(v) = a.get("runtime-root") {
+        config.runtime_root = v.into();
+    }
+    if let Some(v) = a.get("pod-log-dir") {
+        config.pod_log_dir = v.into();
+    }
+    if let Some(v) = a.get("cgroup-root") {
+        config.cgroup_root = v.into();
+    }
+    config.node_ip = a.get("node-ip").map(String::from).or_else(config::detect_node_ip);
+    if let Some(v) = a.get("backoff-scale") {
+        config.backoff_scale = v.parse().ok().filter(|s: &f64| *s > 0.0).ok_or_else(|| format!("--backoff-scale {:?}: must be a positive number", v))?;
+    }
+    let runc_path = config::resolve_binary(&config.runtime).ok_or_else(|| format!("container runtime {:?} not found (install runc or pass --runtime PATH)", config.runtime.display()))?;
+    let runc = Runc { binary: runc_path, root: config.runtime_root.clone() };
+    let version = runc.version()?;
+    let self_exe = std::env::current_exe().map_err(|e| format!("locating the tinylet binary: {}", e))?;
+    crate::fsutil::ensure_dir(&config.root_dir).map_err(|e| e.to_string())?;
+    let _lock = lock_root(&config.root_dir)?;
+    let cgroups = Hierarchy::detect();
+    log::info!(
+        "tinylet {} starting: node {}, root {}, manifests {}, runc {} ({}), cgroup {}",
+        env!("CARGO_PKG_VERSION"),
+        config.node_name,
+        config.root_dir.display(),
+        config.pod_manifest_path.display(),
+        version,
+        runc.binary.display(),
+        if matches!(cgroups, Hierarchy::V2 { .. }) { "v2" } else { "v1" }
+    );
+    let ctx = Context {
+        runtime: Runtime { runc, root_dir: config.root_dir.clone(), cgroups, cgroup_root: config.cgroup_root.clone(), self_exe },
+        images: ImageStore::open(&config.root_dir).map_err(|e| e.to_string())?,
+        backoff: BackoffPolicy::scaled(config.backoff_scale),
+        node_name: config.node_name.clone(),
+        host_ip: config.node_ip.clone(),
+        pod_log_dir: config.pod_log_dir.clone(),
+    };
+    kubelet::run(config, ctx)
+}
+
+/// One agent per root dir: an exclusive flock held for the daemon's life.
+fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = root.join("tinylet.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| format!("opening {}: {}", path.display(), e))?;
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| format!("another tinylet is running with root dir {}", root.display()))?;
+    Ok(lock)
+}

@@ -1,0 +1,123 @@
+//! `images/index.json` (names -> images) and the writers' lock `images/lock`.
+//! The index is versioned, replaced atomically, and read defensively: its digests become file
+//! names, so they are validated on load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::blobs::read_capped;
+use super::{digest, files, ImageError};
+
+pub(crate) const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IndexFile {
+    pub version: u32,
+    #[serde(default)]
+    pub images: BTreeMap<String, Entry>,
+    /// Images no name refers to any more, kept until removed by id (see mod.rs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dangling: Vec<Entry>,
+}
+
+impl Default for IndexFile {
+    fn default() -> Self {
+        IndexFile {
+            version: VERSION,
+            images: BTreeMap::new(),
+            dangling: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub manifest: String,
+    pub config: String,
+    pub layers: Vec<String>,
+    pub size: u64,
+}
+
+impl IndexFile {
+    /// Every blob digest an image in the index (named or dangling) needs.
+    pub(crate) fn referenced_blobs(&self) -> BTreeSet<&str> {
+        self.all_entries()
+            .flat_map(|e| {
+                [e.manifest.as_str(), e.config.as_str()]
+                    .into_iter()
+                    .chain(e.layers.iter().map(String::as_str))
+            })
+            .collect()
+    }
+
+    pub(crate) fn all_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.images.values().chain(self.dangling.iter())
+    }
+
+    pub(crate) fn is_named(&self, manifest: &str) -> bool {
+        self.images.values().any(|e| e.manifest == manifest)
+    }
+}
+
+pub(crate) fn load(path: &Path) -> Result<IndexFile, ImageError> {
+    let bytes = match read_capped(path, "image index") {
+        Ok(b) => b,
+        Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(IndexFile::default())
+        }
+        Err(e) => return Err(e),
+    };
+    let corrupt = |reason: String| ImageError::CorruptIndex {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let index: IndexFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if index.version != VERSION {
+        return Err(corrupt(format!(
+            "version {} (this tinylet reads version {VERSION})",
+            index.version
+        )));
+    }
+    for e in index.all_entries() {
+        for d in [&e.manifest, &e.config].into_iter().chain(&e.layers) {
+            digest::sha256_hex(d).map_err(|err| corrupt(err.to_string()))?;
+        }
+    }
+    Ok(index)
+}
+
+pub(crate) fn save(path: &Path, tmp_dir: &Path, index: &IndexFile) -> Result<(), ImageError> {
+    let bytes = serde_json::to_vec_pretty(index).map_err(|source| ImageError::Json {
+        what: "the image index".to_string(),
+        source,
+    })?;
+    files::write_atomic(path, tmp_dir, &bytes)
+        .map_err(|e| ImageError::io("writing image index", path, e))
+}
+
+/// Held by writers for their whole run; released on drop (or process exit).
+pub(crate) struct WriteLock {
+    _flock: Flock<File>,
+}
+
+impl WriteLock {
+    pub(crate) fn acquire(path: &Path) -> Result<WriteLock, ImageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| ImageError::io("opening lock file", path, e))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(|flock| WriteLock { _flock: flock })
+            .map_err(|(_, errno)| ImageError::io("locking", path, io::Error::from(errno)))
+    }
+}

@@ -1,0 +1,73 @@
+//! Images: a content-addressed store of blobs under `<root-dir>/images`, a name -> manifest index,
+//! and one read-only unpacked rootfs ("snapshot") per image that containers overlay.
+//!
+//! Layout on disk (all writes atomic: temp file + fsync + rename):
+//!   images/blobs/sha256/<hex>        manifests, configs, layers (verified against their digest)
+//!   images/index.json                 { "version": 1, "images": { "<normalized name>": {manifest digest, config digest, ...} } }
+//!   images/snapshots/<config hex>/    unpacked rootfs, layers applied in order with whiteouts
+//!   images/tmp/                       blobs, snapshots and archive contents being written; emptied by every writer
+//!   images/lock                       flock'd exclusively by writers (import, remove) for their whole run
+//!
+//! Concurrency: readers (`resolve`, `list`) take no lock. They only ever see complete state:
+//! index.json is replaced by rename, a snapshot appears by renaming a fully unpacked temp dir, a
+//! blob by renaming a verified temp file. Writers serialize on `images/lock`; holding it across
+//! the whole import is what lets the end-of-run sweep delete unreferenced blobs without racing a
+//! concurrent import that has written blobs but not yet recorded them.
+//!
+//! Names re-pointed by an import leave the old image "dangling" (kept in index.json's `dangling`
+//! list, still on disk) rather than deleting a rootfs a running container may be using; `remove`
+//! by image id or digest reclaims it.
+//!
+//! Public surface used by the rest of tinylet (keep it stable):
+//!   ImageStore::open(root_dir) / import(path, name) / resolve(reference) / list() / remove(reference)
+//!   normalize_reference(str)
+
+mod blobs;
+mod digest;
+mod error;
+mod files;
+mod import;
+mod index;
+mod oci;
+mod reference;
+mod securejoin;
+mod source;
+mod store;
+mod unpack;
+mod whiteout;
+
+#[cfg(test)]
+mod testutil;
+
+use std::path::PathBuf;
+
+pub use error::ImageError;
+pub use reference::normalize_reference;
+pub use store::ImageStore;
+pub use unpack::{Limits, UnpackError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
+
+/// An image as the runtime needs it: where its rootfs is and how to start it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Normalized name, e.g. "docker.io/library/busybox:1.36".
+    pub name: String,
+    /// "sha256:<config digest hex>", the image id.
+    pub id: String,
+    /// "docker.io/library/busybox@sha256:<manifest digest hex>".
+    pub repo_digest: String,
+    /// Sum of the compressed layer sizes.
+    pub size: u64,
+    /// The read-only snapshot directory.
+    pub rootfs: PathBuf,
+    pub config: ImageConfig,
+}
+
+/// The parts of the image config that decide how a container starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}

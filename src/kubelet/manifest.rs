@@ -1,0 +1,376 @@
+//! Static pod manifests: a file holds one or more YAML (or JSON) documents, each a v1 Pod.
+//! Parsing validates the fields tinylet acts on, names the offending field on error, applies the
+//! API server's defaults, and gives each pod the identity the kubelet gives static pods.
+
+use crate::kube::quantity;
+use crate::kube::types::{ObjectMeta, PodSpec};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A pod this node should run, as the kubelet would see it after admission.
+#[derive(Debug, Clone)]
+pub struct DesiredPod {
+    pub uid: String,
+    /// `<metadata.name>-<nodeName>`, as the kubelet names static pods.
+    pub name: String,
+    pub namespace: String,
+    pub spec: PodSpec,
+    pub meta: ObjectMeta,
+    /// The whole object, defaulted, as `ps -o json` prints it (unknown fields kept).
+    pub object: Value,
+    pub source: PathBuf,
+}
+
+impl DesiredPod {
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Rebuilds a pod from the object the agent stored for it (already named and defaulted).
+    pub fn from_stored(object: Value, source: PathBuf) -> Result<DesiredPod, String> {
+        let meta: ObjectMeta = typed(object.get("metadata").cloned().unwrap_or(json!({})), "metadata")?;
+        let spec: PodSpec = typed(object.get("spec").cloned().ok_or("spec: Required value")?, "spec")?;
+        Ok(DesiredPod { uid: meta.uid.clone(), name: meta.name.clone(), namespace: meta.namespace.clone(), spec, meta, object, source })
+    }
+}
+
+/// What was wrong with a manifest: the file, the document in it (0-based), the field and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub document: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.document {
+            Some(i) => write!(f, "invalid manifest {} (document {}): {}", self.file.display(), i + 1, self.message),
+            None => write!(f, "invalid manifest {}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Parses every document in `text`; each yields a pod or an error, independently of the others.
+pub fn parse_manifest(file: &Path, text: &str, node_name: &str) -> Vec<Result<DesiredPod, ManifestError>> {
+    let err = |document, message: String| ManifestError { file: file.to_path_buf(), document, message };
+    let docs = if file.extension().is_some_and(|e| e == "json") {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => vec![v],
+            Err(e) => return vec![Err(err(None, format!("JSON syntax: {}", e)))],
+        }
+    } else {
+        match yaml_documents(text) {
+            Ok(docs) => docs,
+            Err(e) => return vec![Err(err(None, e))],
+        }
+    };
+    docs.into_iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_null()) // empty documents between `---` separators
+        .map(|(i, doc)| to_pod(file, doc, node_name).map_err(|m| err(Some(i), m)))
+        .collect()
+}
+
+fn to_pod(file: &Path, doc: Value, node_name: &str) -> Result<DesiredPod, String> {
+    let obj = doc.as_object().ok_or("a manifest document must be a mapping (a Pod object)")?;
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some("v1") => {}
+        Some(other) => return Err(format!("apiVersion: Unsupported value: {:?}: supported values: \"v1\"", other)),
+        None => return Err("apiVersion: Required value".into()),
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some("Pod") => {}
+        Some(other) => return Err(format!("kind: Unsupported value: {:?}: supported values: \"Pod\"", other)),
+        None => return Err("kind: Required value".into()),
+    }
+    let meta: ObjectMeta = typed(obj.get("metadata").cloned().unwrap_or(json!({})), "metadata")?;
+    let spec: PodSpec = typed(obj.get("spec").cloned().ok_or("spec: Required value")?, "spec")?;
+    validate(&meta, &spec)?;
+
+    let uid = static_pod_uid(&doc, node_name, file);
+    let namespace = if meta.namespace.is_empty() { "default".to_string() } else { meta.namespace.clone() };
+    let name = format!("{}-{}", meta.name, node_name);
+    let mut object = doc;
+    apply_defaults(&mut object, &name, &namespace, &uid, node_name);
+    // Re-read the defaulted object so the typed view and the echoed object never disagree.
+    let meta: ObjectMeta = typed(object["metadata"].clone(), "metadata")?;
+    let spec: PodSpec = typed(object["spec"].clone(), "spec")?;
+    Ok(DesiredPod { uid, name, namespace, spec, meta, object, source: file.to_path_buf() })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { prefix.to_string() } else { format!("{}.{}", prefix, path) };
+        format!("{}: {}", field, e.into_inner())
+    })
+}
+
+/// The kubelet derives a static pod's UID from its content, the node and the source file, so an
+/// edit gives a new pod and an unchanged file keeps its pod across restarts.
+fn static_pod_uid(doc: &Value, node_name: &str, file: &Path) -> String {
+    let mut h = Sha256::new();
+    // serde_json's Map is ordered by key, so this serialization is canonical.
+    h.update(serde_json::to_vec(doc).unwrap_or_default());
+    h.update(format!("host:{}", node_name));
+    h.update(format!("file:{}", file.display()));
+    crate::fsutil::hex(&h.finalize()[..16])
+}
+
+fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
+    if meta.name.is_empty() {
+        return Err("metadata.name: Required value: name or generateName is required".into());
+    }
+    if !is_dns_subdomain(&meta.name) {
+        return Err(format!("metadata.name: Invalid value: {:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character", meta.name));
+    }
+    if !meta.namespace.is_empty() && !is_dns_label(&meta.namespace) {
+        return Err(format!("metadata.namespace: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'", meta.namespace));
+    }
+    if spec.containers.is_empty() {
+        return Err("spec.containers: Required value".into());
+    }
+    if let Some(p) = &spec.restart_policy {
+        if !["Always", "OnFailure", "Never"].contains(&p.as_str()) {
+            return Err(format!("spec.restartPolicy: Unsupported value: {:?}: supported values: \"Always\", \"OnFailure\", \"Never\"", p));
+        }
+    }
+    if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
+        return Err("spec.terminationGracePeriodSeconds: Invalid value: must be >= 0".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let field = format!("spec.containers[{}]", i);
+        if c.name.is_empty() {
+            return Err(format!("{}.name: Required value", field));
+        }
+        if !is_dns_label(&c.name) {
+            return Err(format!("{}.name: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character", field, c.name));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("{}.name: Duplicate value: {:?}", field, c.name));
+        }
+        if c.image.trim().is_empty() {
+            return Err(format!("{}.image: Required value", field));
+        }
+        if let Some(p) = &c.image_pull_policy {
+            if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
+                return Err(format!("{}.imagePullPolicy: Unsupported value: {:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\"", field, p));
+            }
+        }
+        for (j, e) in c.env.iter().enumerate() {
+            if e.name.is_empty() {
+                return Err(format!("{}.env[{}].name: Required value", field, j));
+            }
+        }
+        for (kind, map) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {
+            for (res, v) in map {
+                let s = quantity::value_to_string(v).ok_or_else(|| format!("{}.resources.{}.{}: must be a quantity string", field, kind, res))?;
+                let parsed = if res == "cpu" { quantity::parse_millis(&s) } else { quantity::parse_units(&s) };
+                parsed.map_err(|e| format!("{}.resources.{}.{}: {}", field, kind, res, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// The defaults the API server (and the kubelet, for static pods) fills in.
+fn apply_defaults(object: &mut Value, name: &str, namespace: &str, uid: &str, node_name: &str) {
+    let Some(obj) = object.as_object_mut() else { return };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("name".into(), json!(name));
+        m.insert("namespace".into(), json!(namespace));
+        m.insert("uid".into(), json!(uid));
+        let ann = m.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert("kubernetes.io/config.hash".into(), json!(uid));
+            a.insert("kubernetes.io/config.source".into(), json!("file"));
+        }
+    }
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    spec.insert("nodeName".into(), json!(node_name));
+    default_str(spec, "restartPolicy", "Always");
+    default_str(spec, "dnsPolicy", "ClusterFirst");
+    default_str(spec, "schedulerName", "default-scheduler");
+    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    spec.entry("securityContext").or_insert(json!({}));
+    spec.entry("enableServiceLinks").or_insert(json!(true));
+    spec.entry("priority").or_insert(json!(0));
+    // Static pods tolerate every NoExecute taint, as the kubelet's file source makes them.
+    let tolerations = spec.entry("tolerations").or_insert(json!([]));
+    if let Some(t) = tolerations.as_array_mut() {
+        let ours = json!({"operator": "Exists", "effect": "NoExecute"});
+        if !t.contains(&ours) {
+            t.push(ours);
+        }
+    }
+    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+        for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            default_str(c, "imagePullPolicy", default_pull_policy(&image));
+            default_str(c, "terminationMessagePath", "/dev/termination-log");
+            default_str(c, "terminationMessagePolicy", "File");
+            c.entry("resources").or_insert(json!({}));
+        }
+    }
+}
+
+fn default_str(m: &mut Map<String, Value>, key: &str, value: &str) {
+    m.entry(key).or_insert_with(|| json!(value));
+}
+
+/// `Always` for `:latest` or an untagged image, else `IfNotPresent` (the API server's rule).
+pub fn default_pull_policy(image: &str) -> &'static str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    match last.split_once(':') {
+        Some((_, tag)) if tag != "latest" => "IfNotPresent",
+        _ => "Always",
+    }
+}
+
+// ---- YAML -> JSON values ----
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    use yaml_rust2::YamlLoader;
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("YAML syntax: {}", e))?;
+    docs.iter().map(|d| yaml_to_json(d, "")).collect()
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml, path: &str) -> Result<Value, String> {
+    use yaml_rust2::Yaml;
+    let at = |p: &str| if p.is_empty() { "<document>".to_string() } else { p.to_string() };
+    Ok(match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Real(r) => {
+            let f: f64 = r.parse().map_err(|_| format!("{}: invalid number {:?}", at(path), r))?;
+            serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("{}: number {:?} is not finite", at(path), r))?
+        }
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(
+            items.iter().enumerate().map(|(i, v)| yaml_to_json(v, &format!("{}[{}]", path, i))).collect::<Result<_, _>>()?,
+        ),
+        Yaml::Hash(h) => {
+            let mut m = Map::new();
+            for (k, v) in h {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => return Err(format!("{}: mapping keys must be strings, found {:?}", at(path), other)),
+                };
+                let child = if path.is_empty() { key.clone() } else { format!("{}.{}", path, key) };
+                m.insert(key, yaml_to_json(v, &child)?);
+            }
+            Value::Object(m)
+        }
+        Yaml::Alias(_) => return Err(format!("{}: YAML aliases are not supported", at(path))),
+        Yaml::BadValue => return Err(format!("{}: invalid YAML value", at(path))),
+        #[allow(unreachable_patterns)]
+        _ => return Err(format!("{}: unsupported YAML node", at(path))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '3600']\n";
+
+    fn parse(text: &str) -> Vec<Result<DesiredPod, ManifestError>> {
+        parse_manifest(Path::new("/etc/tinylet/manifests/web.yaml"), text, "node1")
+    }
+
+    #[test]
+    fn static_pod_identity() {
+        let pods = parse(GOOD);
+        let pod = pods[0].as_ref().unwrap();
+        assert_eq!(pod.name, "web-node1");
+        assert_eq!(pod.namespace, "default");
+        assert_eq!(pod.uid.len(), 32);
+        assert_eq!(pod.meta.annotations["kubernetes.io/config.hash"], pod.uid);
+        assert_eq!(pod.meta.annotations["kubernetes.io/config.source"], "file");
+        assert_eq!(pod.object["spec"]["nodeName"], "node1");
+        assert_eq!(pod.object["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(pod.spec.restart_policy.as_deref(), Some("Always"));
+        // Same content -> same UID; a formatting-only change keeps it; a real change does not.
+        let again = parse(&format!("# comment\n{}", GOOD));
+        assert_eq!(again[0].as_ref().unwrap().uid, pod.uid);
+        let changed = parse(&GOOD.replace("3600", "3601"));
+        assert_ne!(changed[0].as_ref().unwrap().uid, pod.uid);
+        // The source file is part of the identity.
+        let other = parse_manifest(Path::new("/x/other.yaml"), GOOD, "node1");
+        assert_ne!(other[0].as_ref().unwrap().uid, pod.uid);
+    }
+
+    #[test]
+    fn several_documents_independent_errors() {
+        let text = format!("{}---\n{}---\n", GOOD.replace("name: web", "name: a"), GOOD.replace("image: busybox:1.36", "image: ''"));
+        let pods = parse(&text);
+        assert_eq!(pods.len(), 2);
+        assert!(pods[0].is_ok());
+        let e = pods[1].as_ref().unwrap_err();
+        assert_eq!(e.document, Some(1));
+        assert!(e.to_string().contains("spec.containers[0].image: Required value"), "{e}");
+        assert!(e.to_string().contains("web.yaml"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("kind: Pod", "kind: Deployment"), "kind: Unsupported value"),
+            (GOOD.replace("name: web", "name: Web_1"), "metadata.name: Invalid value"),
+            (GOOD.replace("command: [sleep, '3600']", "command: 5"), "spec.containers[0].command"),
+            (GOOD.replace("    image: busybox:1.36\n", "    image: busybox:1.36\n    resources: {limits: {memory: lots}}\n"), "spec.containers[0].resources.limits.memory"),
+            (GOOD.replace("spec:\n", "spec:\n  restartPolicy: Sometimes\n"), "spec.restartPolicy: Unsupported value"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n".to_string(), "spec: Required value"),
+            ("key: [unclosed\n".to_string(), "YAML syntax"),
+        ];
+        for (text, want) in cases {
+            let got = parse(&text);
+            let e = got[0].as_ref().expect_err(&text);
+            assert!(e.to_string().contains(want), "want {want:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn json_manifests() {
+        let text = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j","namespace":"kube-system"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+        let pods = parse_manifest(Path::new("/m/p.json"), text, "n");
+        let p = pods[0].as_ref().unwrap();
+        assert_eq!(p.full_name(), "kube-system/j-n");
+        assert_eq!(p.object["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn pull_policy_defaults() {
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/busybox:1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("busybox@sha256:abcd"), "IfNotPresent");
+    }
+}

@@ -1,0 +1,178 @@
+//! The node agent: pod sources feed the desired set of pods; the supervisor (here) keeps one pod
+//! worker per pod, starting workers for new pods and terminating workers of removed ones.
+
+pub mod backoff;
+pub mod env;
+pub mod manifest;
+pub mod pod_worker;
+pub mod static_source;
+pub mod status;
+pub mod store;
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::image::ImageStore;
+use crate::runtime::Runtime;
+use backoff::BackoffPolicy;
+use manifest::DesiredPod;
+use pod_worker::{PodWorker, WorkerMsg};
+use static_source::{DesiredSet, StaticSource};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every pod worker shares (read-only).
+pub struct Context {
+    pub runtime: Runtime,
+    pub images: ImageStore,
+    pub backoff: BackoffPolicy,
+    pub node_name: String,
+    pub host_ip: Option<String>,
+    pub pod_log_dir: PathBuf,
+}
+
+pub enum Event {
+    Desired(DesiredSet),
+    Terminated(String),
+}
+
+struct WorkerHandle {
+    tx: Sender<WorkerMsg>,
+    full_name: String,
+    terminating: bool,
+}
+
+/// Runs the agent until killed. Pods keep running when it stops and are adopted when it starts.
+pub fn run(config: Config, ctx: Context) -> Result<(), String> {
+    let ctx = Arc::new(ctx);
+    fsutil::ensure_dir(&store::pods_dir(&config.root_dir)).map_err(|e| e.to_string())?;
+    let (tx, rx) = channel::<Event>();
+
+    let mut source = StaticSource::new(&config.pod_manifest_path, &config.node_name);
+    source.scan();
+    let first = source.desired();
+    let source_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("static-source".into())
+        .spawn(move || loop {
+            source.wait(Duration::from_secs(1));
+            // Let a burst of writes (editor save, cp of many files) settle into one scan.
+            std::thread::sleep(Duration::from_millis(5));
+            if source.scan() && source_tx.send(Event::Desired(source.desired())).is_err() {
+                return;
+            }
+        })
+        .map_err(|e| format!("starting the manifest watcher: {}", e))?;
+
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    // Pods waiting for an earlier pod of the same namespace/name to finish terminating.
+    let mut queued: BTreeMap<String, DesiredPod> = BTreeMap::new();
+
+    // Pods on disk that no source wants any more (removed while the agent was down): terminate them.
+    let wanted: std::collections::HashSet<String> = first.pods.iter().map(|p| p.uid.clone()).collect();
+    for stored in store::list_pods(&config.root_dir) {
+        if wanted.contains(&stored.uid) {
+            continue;
+        }
+        match DesiredPod::from_stored(stored.record.object.clone(), stored.record.source.clone()) {
+            Ok(pod) => {
+                log::info!("pod {}: no longer in any manifest; removing it", pod.full_name());
+                let uid = pod.uid.clone();
+                let h = spawn_worker(&ctx, pod, &tx)?;
+                let _ = h.tx.send(WorkerMsg::Terminate);
+                workers.insert(uid, WorkerHandle { terminating: true, ..h });
+            }
+            Err(e) => log::error!("pod directory {}: unreadable pod record ({}); leaving it for inspection", stored.dir.display(), e),
+        }
+    }
+    collect_orphan_bundles(&ctx, &config);
+    apply_desired(&ctx, first, &config, &tx, &mut workers, &mut queued)?;
+
+    for event in rx {
+        match event {
+            Event::Desired(set) => apply_desired(&ctx, set, &config, &tx, &mut workers, &mut queued)?,
+            Event::Terminated(uid) => {
+                if let Some(h) = workers.remove(&uid) {
+                    if let Some(pod) = queued.remove(&h.full_name) {
+                        let uid = pod.uid.clone();
+                        let h = spawn_worker(&ctx, pod, &tx)?;
+                        workers.insert(uid, h);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_desired(ctx: &Arc<Context>, set: DesiredSet, config: &Config, tx: &Sender<Event>, workers: &mut HashMap<String, WorkerHandle>, queued: &mut BTreeMap<String, DesiredPod>) -> Result<(), String> {
+    let errors: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    if let Err(e) = fsutil::write_json_atomic(&config.root_dir.join("manifest-errors.json"), &errors) {
+        log::error!("saving manifest errors: {}", e);
+    }
+    let wanted: std::collections::HashSet<&str> = set.pods.iter().map(|p| p.uid.as_str()).collect();
+    for (uid, h) in workers.iter_mut() {
+        if !h.terminating && !wanted.contains(uid.as_str()) {
+            log::info!("pod {}: removed from its manifest; terminating", h.full_name);
+            h.terminating = true;
+            let _ = h.tx.send(WorkerMsg::Terminate);
+        }
+    }
+    queued.retain(|_, p| wanted.contains(p.uid.as_str()));
+    for pod in set.pods {
+        if workers.contains_key(&pod.uid) {
+            continue;
+        }
+        // Like the kubelet: a new pod under an old name waits until the old one is gone.
+        if workers.values().any(|h| h.full_name == pod.full_name()) {
+            queued.insert(pod.full_name(), pod);
+            continue;
+        }
+        let uid = pod.uid.clone();
+        let h = spawn_worker(ctx, pod, tx)?;
+        workers.insert(uid, h);
+    }
+    Ok(())
+}
+
+fn spawn_worker(ctx: &Arc<Context>, pod: DesiredPod, tx: &Sender<Event>) -> Result<WorkerHandle, String> {
+    let (wtx, wrx) = channel();
+    let full_name = pod.full_name();
+    let worker = PodWorker::new(ctx.clone(), pod);
+    let done = tx.clone();
+    std::thread::Builder::new()
+        .name(format!("pod {}", full_name))
+        .stack_size(256 * 1024)
+        .spawn(move || worker.run(wrx, done))
+        .map_err(|e| format!("starting worker for {}: {}", full_name, e))?;
+    Ok(WorkerHandle { tx: wtx, full_name, terminating: false })
+}
+
+/// Bundles no container record points at (an agent killed between creating a bundle and saving
+/// its record) are removed at start-up.
+fn collect_orphan_bundles(ctx: &Context, config: &Config) {
+    let mut referenced = std::collections::HashSet::new();
+    for p in store::list_pods(&config.root_dir) {
+        if let Ok(entries) = std::fs::read_dir(p.dir.join("containers")) {
+            for e in entries.flatten() {
+                if let Ok(Some(rec)) = fsutil::read_json::<store::ContainerRecord>(&e.path()) {
+                    if let Some(a) = rec.current {
+                        referenced.insert(a.id);
+                    }
+                }
+            }
+        }
+    }
+    for id in ctx.runtime.list_bundles() {
+        if referenced.contains(&id) {
+            continue;
+        }
+        log::info!("removing orphaned container {}", &id[..id.len().min(12)]);
+        let _ = ctx.runtime.signal(&id, "KILL");
+        if let Err(e) = ctx.runtime.remove(&id) {
+            log::error!("removing orphaned container {}: {}", id, e);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Pod status as the kubelet computes it (pkg/kubelet/kubelet_pods.go getPhase, status/generate.go
+//! conditions, qos.GetPodQOS), from the containers' statuses.
+
+use crate::kube::quantity;
+use crate::kube::types::{ContainerStatus, PodCondition, PodSpec, PodStatus};
+
+/// The pod phase from its containers and restart policy.
+pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus]) -> &'static str {
+    let (mut running, mut waiting, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
+    for c in &spec.containers {
+        match statuses.iter().find(|s| s.name == c.name) {
+            Some(s) if s.state.running.is_some() => running += 1,
+            Some(s) if s.state.terminated.is_some() => {
+                stopped += 1;
+                if s.state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+                    succeeded += 1;
+                }
+            }
+            Some(s) if s.state.waiting.is_some() => {
+                if s.last_state.terminated.is_some() {
+                    stopped += 1;
+                } else {
+                    waiting += 1;
+                }
+            }
+            _ => unknown += 1,
+        }
+    }
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    if waiting > 0 {
+        "Pending"
+    } else if running > 0 && unknown == 0 {
+        "Running"
+    } else if running == 0 && stopped > 0 && unknown == 0 {
+        if policy == "Always" {
+            "Running"
+        } else if stopped == succeeded {
+            "Succeeded"
+        } else if policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else {
+        "Pending"
+    }
+}
+
+/// Guaranteed, Burstable or BestEffort (requests default to limits, as the API server does).
+pub fn qos_class(spec: &PodSpec) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &spec.containers {
+        let r = &c.resources;
+        if !r.limits.is_empty() || !r.requests.is_empty() {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = r.limits.get(res).and_then(quantity::value_to_string);
+            let request = r.requests.get(res).and_then(quantity::value_to_string).or_else(|| limit.clone());
+            let parse = |s: &String| if res == "cpu" { quantity::parse_millis(s).ok() } else { quantity::parse_units(s).ok() };
+            match (limit.as_ref().and_then(parse), request.as_ref().and_then(parse)) {
+                (Some(l), Some(q)) if l == q => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The five pod conditions. `previous` keeps lastTransitionTime stable while a condition holds.
+pub fn conditions(spec: &PodSpec, statuses: &[ContainerStatus], phase: &str, sandbox_ready: bool, previous: &[PodCondition], now: &str) -> Vec<PodCondition> {
+    let unready: Vec<&str> = spec
+        .containers
+        .iter()
+        .filter(|c| !statuses.iter().any(|s| s.name == c.name && s.ready))
+        .map(|c| c.name.as_str())
+        .collect();
+    let ready_reason = |completed: bool| {
+        if completed {
+            (Some("PodCompleted".to_string()), None)
+        } else {
+            (Some("ContainersNotReady".to_string()), Some(format!("containers with unready status: [{}]", unready.join(" "))))
+        }
+    };
+    let completed = phase == "Succeeded" || phase == "Failed";
+    let mut out = Vec::new();
+    let mut push = |t: &str, ok: bool, why: (Option<String>, Option<String>)| {
+        let status = if ok { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|p| p.type_ == t && p.status == status)
+            .map(|p| p.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_string());
+        let (reason, message) = if ok { (None, None) } else { why };
+        out.push(PodCondition { type_: t.into(), status: status.into(), last_probe_time: None, last_transition_time: since, reason, message });
+    };
+    push("PodReadyToStartContainers", sandbox_ready && !completed, (None, None));
+    let initialized_reason = if completed { (Some("PodCompleted".to_string()), None) } else { (None, None) };
+    push("Initialized", true, initialized_reason);
+    push("Ready", unready.is_empty(), ready_reason(completed));
+    push("ContainersReady", unready.is_empty(), ready_reason(completed));
+    push("PodScheduled", true, (None, None));
+    out
+}
+
+/// What `kubectl get pods` shows in its STATUS column.
+pub fn display_reason(status: &PodStatus) -> String {
+    let mut reason = status.reason.clone().unwrap_or_else(|| status.phase.clone());
+    for c in status.container_statuses.iter().rev() {
+        if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+            if !r.is_empty() {
+                reason = r;
+            }
+        } else if let Some(t) = &c.state.terminated {
+            reason = match (&t.reason, t.signal) {
+                (Some(r), _) if !r.is_empty() => r.clone(),
+                (_, Some(sig)) if sig != 0 => format!("Signal:{}", sig),
+                _ => format!("ExitCode:{}", t.exit_code),
+            };
+        }
+    }
+    if reason == "Completed" && status.container_statuses.iter().any(|c| c.ready) {
+        reason = "Running".into();
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::types::*;
+
+    fn spec(policy: &str, names: &[&str]) -> PodSpec {
+        PodSpec {
+            containers: names.iter().map(|n| Container { name: n.to_string(), image: "i".into(), ..Default::default() }).collect(),
+            restart_policy: Some(policy.into()),
+            ..Default::default()
+        }
+    }
+    fn running(name: &str) -> ContainerStatus {
+        ContainerStatus { name: name.into(), state: ContainerState { running: Some(StateRunning { started_at: "t".into() }), ..Default::default() }, ready: true, ..Default::default() }
+    }
+    fn exited(name: &str, code: i32) -> ContainerStatus {
+        ContainerStatus { name: name.into(), state: ContainerState { terminated: Some(StateTerminated { exit_code: code, ..Default::default() }), ..Default::default() }, ..Default::default() }
+    }
+    fn backoff(name: &str) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            state: ContainerState { waiting: Some(StateWaiting { reason: Some("CrashLoopBackOff".into()), message: None }), ..Default::default() },
+            last_state: ContainerState { terminated: Some(StateTerminated { exit_code: 1, ..Default::default() }), ..Default::default() },
+            ..Default::default()
+        }
+    }
+    fn creating(name: &str) -> ContainerStatus {
+        ContainerStatus { name: name.into(), state: ContainerState { waiting: Some(StateWaiting { reason: Some("ContainerCreating".into()), message: None }), ..Default::default() }, ..Default::default() }
+    }
+
+    #[test]
+    fn phases_follow_the_kubelet() {
+        assert_eq!(phase(&spec("Always", &["a"]), &[creating("a")]), "Pending");
+        assert_eq!(phase(&spec("Always", &["a", "b"]), &[running("a"), exited("b", 1)]), "Running");
+        assert_eq!(phase(&spec("Always", &["a"]), &[backoff("a")]), "Running");
+        assert_eq!(phase(&spec("Never", &["a"]), &[exited("a", 0)]), "Succeeded");
+        assert_eq!(phase(&spec("Never", &["a", "b"]), &[exited("a", 0), exited("b", 2)]), "Failed");
+        assert_eq!(phase(&spec("OnFailure", &["a"]), &[exited("a", 0)]), "Succeeded");
+        assert_eq!(phase(&spec("OnFailure", &["a"]), &[backoff("a")]), "Running");
+        assert_eq!(phase(&spec("Always", &["a", "b"]), &[running("a")]), "Pending");
+    }
+
+    #[test]
+    fn qos_classes() {
+        let mut s = spec("Always", &["a"]);
+        assert_eq!(qos_class(&s), "BestEffort");
+        s.containers[0].resources.limits = [("cpu".to_string(), serde_json::json!("500m")), ("memory".to_string(), serde_json::json!("64Mi"))].into();
+        assert_eq!(qos_class(&s), "Guaranteed");
+        s.containers[0].resources.requests = [("cpu".to_string(), serde_json::json!("100m"))].into();
+        assert_eq!(qos_class(&s), "Burstable");
+    }
+
+    #[test]
+    fn conditions_keep_transition_times() {
+        let s = spec("Always", &["a", "b"]);
+        let c1 = conditions(&s, &[running("a"), creating("b")], "Pending", true, &[], "T1");
+        let ready = c1.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [b]"));
+        let c2 = conditions(&s, &[running("a"), running("b")], "Running", true, &c1, "T2");
+        assert_eq!(c2.iter().find(|c| c.type_ == "Ready").unwrap().last_transition_time, "T2");
+        assert_eq!(c2.iter().find(|c| c.type_ == "PodScheduled").unwrap().last_transition_time, "T1");
+        assert_eq!(c2.len(), 5);
+    }
+
+    #[test]
+    fn display_reasons() {
+        let st = PodStatus { phase: "Running".into(), container_statuses: vec![running("a"), backoff("b")], ..Default::default() };
+        assert_eq!(display_reason(&st), "CrashLoopBackOff");
+        let st = PodStatus { phase: "Succeeded".into(), container_statuses: vec![exited("a", 0)], ..Default::default() };
+        assert_eq!(display_reason(&st), "ExitCode:0");
+    }
+}

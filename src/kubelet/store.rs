@@ -1,0 +1,129 @@
+//! What the agent keeps on disk per pod, so that a restarted agent adopts its pods and `ps` /
+//! `logs` can read them from another process. Versioned JSON, written atomically.
+//!
+//!   <root>/pods/<uid>/pod.json                 the desired pod (object as `ps -o json` prints it)
+//!   <root>/pods/<uid>/status.json              the latest computed PodStatus
+//!   <root>/pods/<uid>/containers/<name>.json   restart count, current container, back-off, last state
+
+use super::backoff::Backoff;
+use crate::fsutil;
+use crate::kube::types::{PodStatus, StateTerminated, StateWaiting};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub version: u32,
+    pub object: serde_json::Value,
+    pub source: PathBuf,
+    #[serde(default)]
+    pub start_time: Option<String>,
+}
+
+/// One running (or most recent) container of a pod container slot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub id: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    pub version: u32,
+    pub name: String,
+    pub restart_count: u32,
+    /// Whether any container was ever started for this slot (the next start is then a restart).
+    #[serde(default)]
+    pub started_once: bool,
+    #[serde(default)]
+    pub current: Option<Attempt>,
+    /// lastState.terminated
+    #[serde(default)]
+    pub last_terminated: Option<StateTerminated>,
+    /// The container exited and its restart policy says it stays so.
+    #[serde(default)]
+    pub final_state: Option<StateTerminated>,
+    #[serde(default)]
+    pub waiting: Option<StateWaiting>,
+    /// Unix seconds before which no new start is attempted.
+    #[serde(default)]
+    pub not_before: Option<f64>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+}
+
+pub fn pods_dir(root: &Path) -> PathBuf {
+    root.join("pods")
+}
+
+pub fn save_pod(dir: &Path, rec: &PodRecord) -> std::io::Result<()> {
+    fsutil::write_json_atomic(&dir.join("pod.json"), rec)
+}
+
+pub fn load_pod(dir: &Path) -> std::io::Result<Option<PodRecord>> {
+    fsutil::read_json(&dir.join("pod.json"))
+}
+
+pub fn save_status(dir: &Path, status: &PodStatus) -> std::io::Result<()> {
+    fsutil::write_json_atomic(&dir.join("status.json"), status)
+}
+
+pub fn load_status(dir: &Path) -> Option<PodStatus> {
+    fsutil::read_json(&dir.join("status.json")).ok().flatten()
+}
+
+pub fn save_container(dir: &Path, rec: &ContainerRecord) -> std::io::Result<()> {
+    let cdir = dir.join("containers");
+    fsutil::ensure_dir(&cdir)?;
+    fsutil::write_json_atomic(&cdir.join(format!("{}.json", rec.name)), rec)
+}
+
+pub fn load_container(dir: &Path, name: &str) -> Option<ContainerRecord> {
+    match fsutil::read_json::<ContainerRecord>(&dir.join("containers").join(format!("{}.json", name))) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("ignoring unreadable container record: {}", e);
+            None
+        }
+    }
+}
+
+/// A pod as found on disk: for `ps`, `logs` and adoption at start-up.
+pub struct StoredPod {
+    pub uid: String,
+    pub dir: PathBuf,
+    pub record: PodRecord,
+    pub status: Option<PodStatus>,
+}
+
+pub fn list_pods(root: &Path) -> Vec<StoredPod> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pods_dir(root)) else { return out };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let uid = e.file_name().to_string_lossy().to_string();
+        match load_pod(&dir) {
+            Ok(Some(record)) => {
+                let status = load_status(&dir);
+                out.push(StoredPod { uid, dir, record, status });
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("pod directory {} has an unreadable pod.json: {}", dir.display(), e),
+        }
+    }
+    out.sort_by(|a, b| {
+        let key = |p: &StoredPod| (p.record.object["metadata"]["namespace"].as_str().unwrap_or("").to_string(), p.record.object["metadata"]["name"].as_str().unwrap_or("").to_string());
+        key(a).cmp(&key(b))
+    });
+    out
+}

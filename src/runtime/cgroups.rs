@@ -1,0 +1,251 @@
+//! Pod-level cgroups (`<cgroup-root>/kubepods/pod<UID>`) on cgroup v1 and v2. Container cgroups
+//! are children of the pod's and are created by runc from the OCI spec's `cgroupsPath`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// v1 controllers tinylet creates pod cgroups in (cpuset is left to runc, which fills in
+/// cpus/mems for the parents it creates).
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices"];
+/// Every hierarchy a pod cgroup may appear in, for removal.
+const V1_ALL: &[&str] = &["memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices", "cpuset", "hugetlb", "net_cls", "net_prio", "perf_event", "systemd", "rdma", "misc"];
+
+const CFS_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hierarchy {
+    /// One mount per controller under the base (`/sys/fs/cgroup/<controller>`).
+    V1 { base: PathBuf },
+    /// The unified hierarchy mounted at `mount`.
+    V2 { mount: PathBuf },
+}
+
+/// The limits tinylet sets, already converted from Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub cpu_request_millis: Option<u64>,
+}
+
+impl Hierarchy {
+    /// Finds the hierarchy the host uses: v2 when /sys/fs/cgroup is cgroup2, else v1.
+    pub fn detect() -> Hierarchy {
+        let base = PathBuf::from("/sys/fs/cgroup");
+        if base.join("cgroup.controllers").exists() {
+            Hierarchy::V2 { mount: base }
+        } else {
+            Hierarchy::V1 { base }
+        }
+    }
+
+    /// The directories holding `cgroup` (an absolute cgroup path like `/kubepods/pod<uid>`).
+    fn dirs(&self, cgroup: &str, controllers: &[&str]) -> Vec<PathBuf> {
+        let rel = cgroup.trim_start_matches('/');
+        match self {
+            Hierarchy::V1 { base } => controllers.iter().map(|c| base.join(c)).filter(|d| d.is_dir()).map(|d| d.join(rel)).collect(),
+            Hierarchy::V2 { mount } => vec![mount.join(rel)],
+        }
+    }
+
+    /// Creates the pod cgroup and applies the pod-level limits.
+    pub fn create(&self, cgroup: &str, limits: &Limits) -> io::Result<()> {
+        if let Hierarchy::V2 { mount } = self {
+            enable_v2_controllers(mount, cgroup)?;
+        }
+        for dir in self.dirs(cgroup, V1_CONTROLLERS) {
+            fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating cgroup", &dir))?;
+        }
+        for (file, value) in self.limit_files(limits) {
+            for dir in self.dirs(cgroup, &[file.0]) {
+                let path = dir.join(file.1);
+                fs::write(&path, &value).map_err(|e| ctx(e, &format!("writing {:?} to", value), &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (controller, file) -> value for each limit that is set.
+    fn limit_files(&self, l: &Limits) -> Vec<((&'static str, &'static str), String)> {
+        let mut out = Vec::new();
+        match self {
+            Hierarchy::V1 { .. } => {
+                if let Some(m) = l.memory_bytes {
+                    out.push((("memory", "memory.limit_in_bytes"), m.to_string()));
+                }
+                if let Some(c) = l.cpu_limit_millis {
+                    out.push((("cpu", "cpu.cfs_period_us"), CFS_PERIOD_US.to_string()));
+                    out.push((("cpu", "cpu.cfs_quota_us"), cpu_quota(c).to_string()));
+                }
+                if let Some(r) = l.cpu_request_millis {
+                    out.push((("cpu", "cpu.shares"), cpu_shares(r).to_string()));
+                }
+            }
+            Hierarchy::V2 { .. } => {
+                if let Some(m) = l.memory_bytes {
+                    out.push((("", "memory.max"), m.to_string()));
+                }
+                if let Some(c) = l.cpu_limit_millis {
+                    out.push((("", "cpu.max"), format!("{} {}", cpu_quota(c), CFS_PERIOD_US)));
+                }
+                if let Some(r) = l.cpu_request_millis {
+                    out.push((("", "cpu.weight"), shares_to_weight(cpu_shares(r)).to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes the pod cgroup everywhere it exists. Fails while processes remain in it.
+    pub fn remove(&self, cgroup: &str) -> io::Result<()> {
+        for dir in self.dirs(cgroup, V1_ALL) {
+            remove_tree(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// How many times the kernel's OOM killer fired in `cgroup` (v1 memory.oom_control, v2 memory.events).
+    pub fn oom_kills(&self, cgroup: &str) -> u64 {
+        let (dirs, file) = match self {
+            Hierarchy::V1 { .. } => (self.dirs(cgroup, &["memory"]), "memory.oom_control"),
+            Hierarchy::V2 { .. } => (self.dirs(cgroup, &[]), "memory.events"),
+        };
+        dirs.iter()
+            .filter_map(|d| fs::read_to_string(d.join(file)).ok())
+            .map(|text| parse_oom_kill(&text))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// True while the cgroup directory exists (in the memory hierarchy on v1).
+    pub fn exists(&self, cgroup: &str) -> bool {
+        self.dirs(cgroup, &["memory"]).iter().any(|d| d.exists())
+    }
+}
+
+fn parse_oom_kill(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+/// Millicores to a CFS quota per 100 ms period (the kubelet's MilliCPUToQuota, min 1 ms).
+pub fn cpu_quota(millis: u64) -> u64 {
+    (millis * CFS_PERIOD_US / 1000).max(1000)
+}
+
+/// Millicores to cpu.shares (the kubelet's MilliCPUToShares: 1024 per core, min 2).
+pub fn cpu_shares(millis: u64) -> u64 {
+    (millis * 1024 / 1000).clamp(2, 262_144)
+}
+
+/// cgroup v2 weight from v1 shares, the conversion runc and the kubelet use.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + ((shares.saturating_sub(2)) * 9999) / 262_142
+}
+
+/// On v2 a child only gets a controller when every ancestor delegates it in cgroup.subtree_control.
+fn enable_v2_controllers(mount: &Path, cgroup: &str) -> io::Result<()> {
+    let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<&str> = ["cpu", "memory", "pids", "io"].into_iter().filter(|c| available.split_whitespace().any(|a| a == *c)).collect();
+    let mut dir = mount.to_path_buf();
+    for part in cgroup.trim_matches('/').split('/').filter(|p| !p.is_empty()) {
+        let control = dir.join("cgroup.subtree_control");
+        for c in &wanted {
+            // Best effort: the root may refuse while it holds processes ("no internal processes").
+            let _ = fs::write(&control, format!("+{}", c));
+        }
+        dir = dir.join(part);
+        fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating cgroup", &dir))?;
+    }
+    Ok(())
+}
+
+/// rmdir the tree bottom-up (cgroup directories cannot be removed recursively).
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ctx(e, "reading cgroup", dir)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    // A cgroup whose last process just exited may be busy for a moment.
+    let mut last = None;
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(ctx(last.unwrap_or_else(|| io::Error::other("busy")), "removing cgroup", dir))
+}
+
+fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{} {}: {}", what, path.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_match_kubelet() {
+        assert_eq!(cpu_quota(500), 50_000);
+        assert_eq!(cpu_quota(1), 1000);
+        assert_eq!(cpu_shares(100), 102);
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+
+    #[test]
+    fn paths_and_limit_files_per_version() {
+        let v1 = Hierarchy::V1 { base: PathBuf::from("/nonexistent-cg") };
+        let v2 = Hierarchy::V2 { mount: PathBuf::from("/nonexistent-cg2") };
+        let l = Limits { memory_bytes: Some(64 << 20), cpu_limit_millis: Some(250), cpu_request_millis: Some(100) };
+        let f1 = v1.limit_files(&l);
+        assert!(f1.contains(&(("memory", "memory.limit_in_bytes"), "67108864".into())));
+        assert!(f1.contains(&(("cpu", "cpu.cfs_quota_us"), "25000".into())));
+        assert!(f1.contains(&(("cpu", "cpu.shares"), "102".into())));
+        let f2 = v2.limit_files(&l);
+        assert!(f2.contains(&(("", "memory.max"), "67108864".into())));
+        assert!(f2.contains(&(("", "cpu.max"), "25000 100000".into())));
+        assert!(f2.contains(&(("", "cpu.weight"), "4".into())));
+        assert_eq!(v2.dirs("/kubepods/podx", &[]), vec![PathBuf::from("/nonexistent-cg2/kubepods/podx")]);
+        // v1 only lists hierarchies that are mounted.
+        assert!(v1.dirs("/kubepods/podx", V1_ALL).is_empty());
+    }
+
+    #[test]
+    fn oom_kill_counter_parsing() {
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), 3);
+        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(parse_oom_kill(""), 0);
+    }
+
+    #[test]
+    fn v2_tree_on_a_fake_mount() {
+        let mount = std::env::temp_dir().join(format!("tinylet-cg2-{}", std::process::id()));
+        fs::create_dir_all(&mount).unwrap();
+        fs::write(mount.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let h = Hierarchy::V2 { mount: mount.clone() };
+        h.create("/kubepods/podabc", &Limits { memory_bytes: Some(1000), ..Default::default() }).unwrap();
+        assert_eq!(fs::read_to_string(mount.join("kubepods/podabc/memory.max")).unwrap(), "1000");
+        // On a real cgroupfs the interface files vanish with the directory; here remove them first.
+        fs::remove_file(mount.join("kubepods/podabc/memory.max")).unwrap();
+        fs::remove_file(mount.join("kubepods/cgroup.subtree_control")).ok();
+        h.remove("/kubepods/podabc").unwrap();
+        assert!(!mount.join("kubepods/podabc").exists());
+        fs::remove_dir_all(&mount).unwrap();
+    }
+}

@@ -1,0 +1,142 @@
+//! Containers: OCI bundles from pod specs, run by runc under a per-container monitor, inside a
+//! pod sandbox (shared namespaces) and a pod cgroup. Nothing here knows about pod lifecycles;
+//! `kubelet` decides what to run and when.
+
+pub mod cgroups;
+pub mod logs;
+pub mod rootfs;
+pub mod runc;
+pub mod sandbox;
+pub mod shim;
+pub mod spec;
+
+use crate::fsutil;
+use cgroups::Hierarchy;
+use runc::Runc;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where a container is in its life, as the monitor's records say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// The monitor is running runc.
+    Starting,
+    Running(shim::Started),
+    Exited(shim::Exited),
+    /// No monitor and no exit record (killed monitor, or the host rebooted).
+    Lost,
+}
+
+/// The container runtime: paths, the runc binary and the cgroup hierarchy.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub runc: Runc,
+    pub root_dir: PathBuf,
+    pub cgroups: Hierarchy,
+    /// `--cgroup-root`: pods live under `<cgroup-root>/kubepods`.
+    pub cgroup_root: String,
+    /// This binary, started in `shim` mode as each container's monitor.
+    pub self_exe: PathBuf,
+}
+
+/// What a new container needs beyond its OCI spec.
+pub struct StartRequest<'a> {
+    pub pod_uid: &'a str,
+    pub snapshot: &'a Path,
+    pub spec: &'a serde_json::Value,
+    pub log_path: &'a Path,
+}
+
+impl Runtime {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root_dir.join("pods").join(uid)
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.root_dir.join("containers").join(id)
+    }
+
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!("{}/kubepods/pod{}", self.cgroup_root.trim_end_matches('/'), uid)
+    }
+
+    pub fn container_cgroup(&self, uid: &str, id: &str) -> String {
+        format!("{}/{}", self.pod_cgroup(uid), id)
+    }
+
+    /// Makes the bundle (rootfs + config.json) and starts the container's monitor, which runs runc.
+    /// Returns once the monitor is detached; `observe` tells when the container runs.
+    pub fn start(&self, id: &str, req: &StartRequest) -> Result<(), String> {
+        let bundle = self.bundle(id);
+        let result = (|| {
+            fsutil::ensure_dir(&bundle).map_err(|e| e.to_string())?;
+            rootfs::prepare(req.snapshot, &bundle).map_err(|e| format!("preparing rootfs: {}", e))?;
+            let mut spec = req.spec.clone();
+            spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
+            spec["linux"]["cgroupsPath"] = serde_json::json!(self.container_cgroup(req.pod_uid, id));
+            fsutil::write_json_atomic(&bundle.join("config.json"), &spec).map_err(|e| format!("writing config.json: {}", e))?;
+            let args = shim::ShimArgs {
+                id: id.to_string(),
+                bundle: bundle.clone(),
+                runc: self.runc.clone(),
+                log_path: req.log_path.to_path_buf(),
+                cgroup: self.container_cgroup(req.pod_uid, id),
+            };
+            let status = Command::new(&self.self_exe)
+                .args(args.to_args())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("starting monitor {}: {}", self.self_exe.display(), e))?;
+            if !status.success() {
+                return Err(format!("container monitor failed to start: {}", status));
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = self.remove(id);
+        }
+        result
+    }
+
+    pub fn observe(&self, id: &str) -> Observed {
+        let bundle = self.bundle(id);
+        if let Some(e) = shim::read_exited(&bundle) {
+            return Observed::Exited(e);
+        }
+        if shim::is_alive(&bundle) {
+            return match shim::read_started(&bundle) {
+                Some(s) => Observed::Running(s),
+                None => Observed::Starting,
+            };
+        }
+        // The monitor may have written its record and exited between the two checks.
+        match shim::read_exited(&bundle) {
+            Some(e) => Observed::Exited(e),
+            None => Observed::Lost,
+        }
+    }
+
+    /// Sends a signal (by name, e.g. "TERM") to the container's init.
+    pub fn signal(&self, id: &str, signal: &str) -> Result<(), String> {
+        self.runc.kill(id, signal)
+    }
+
+    /// Deletes runc's state, unmounts the rootfs and removes the bundle. Idempotent.
+    pub fn remove(&self, id: &str) -> Result<(), String> {
+        let bundle = self.bundle(id);
+        if self.runc.exists(id) {
+            self.runc.delete(id)?;
+        }
+        rootfs::release(&bundle).map_err(|e| e.to_string())?;
+        fsutil::remove_dir_all_if_exists(&bundle).map_err(|e| e.to_string())
+    }
+
+    /// Ids of every container bundle on disk (for garbage collection of orphans).
+    pub fn list_bundles(&self) -> Vec<String> {
+        std::fs::read_dir(self.root_dir.join("containers"))
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| !n.starts_with('.')).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,164 @@
+//! The pod sandbox: the network, IPC and UTS namespaces all containers of a pod share, made by
+//! tinylet itself (no pause container). A short-lived thread unshares them, brings up loopback,
+//! sets the hostname, and bind-mounts its `/proc/<tid>/ns/*` files under the pod directory so the
+//! namespaces outlive the thread; runc then joins them by path. A tmpfs for /dev/shm is shared too.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SandboxOptions {
+    pub host_network: bool,
+    pub host_ipc: bool,
+}
+
+/// Paths of a pod's namespaces; `None` means the host's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub shm: PathBuf,
+}
+
+fn ns_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("ns")
+}
+
+/// Creates the sandbox, or returns the existing one when its namespaces are still mounted
+/// (an agent restart adopts the pod).
+pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result<Sandbox> {
+    let dir = ns_dir(pod_dir);
+    fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating", &dir))?;
+    let mut kinds: Vec<(&str, CloneFlags)> = Vec::new();
+    if !opts.host_network {
+        kinds.push(("net", CloneFlags::CLONE_NEWNET));
+        kinds.push(("uts", CloneFlags::CLONE_NEWUTS));
+    }
+    if !opts.host_ipc {
+        kinds.push(("ipc", CloneFlags::CLONE_NEWIPC));
+    }
+    let all_mounted = kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k)));
+    if !all_mounted {
+        // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
+        unmount_namespaces(&dir);
+        for (k, _) in &kinds {
+            let f = dir.join(k);
+            fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
+        }
+        let flags = kinds.iter().fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+        let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
+        let (dir2, host) = (dir.clone(), hostname.to_string());
+        let net = !opts.host_network;
+        std::thread::Builder::new()
+            .name("sandbox".into())
+            .spawn(move || unshare_and_pin(flags, &names, &dir2, &host, net))
+            .map_err(|e| ctx(e, "spawning namespace thread for", &dir))?
+            .join()
+            .map_err(|_| io::Error::other("namespace thread panicked"))??;
+    }
+    let shm = pod_dir.join("shm");
+    if !is_mountpoint(&shm) {
+        fs::create_dir_all(&shm).map_err(|e| ctx(e, "creating", &shm))?;
+        mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))
+            .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", &shm))?;
+    }
+    let path = |k: &str| kinds.iter().any(|(n, _)| *n == k).then(|| dir.join(k));
+    Ok(Sandbox { net: path("net"), ipc: path("ipc"), uts: path("uts"), shm })
+}
+
+/// Runs on a thread of its own: unshare affects only the calling thread, which then exits, so the
+/// agent's other threads never see the new namespaces.
+fn unshare_and_pin(flags: CloneFlags, names: &[String], dir: &Path, hostname: &str, net: bool) -> io::Result<()> {
+    unshare(flags).map_err(|e| io::Error::other(format!("unshare({:?}): {}", flags, e)))?;
+    if flags.contains(CloneFlags::CLONE_NEWUTS) {
+        nix::unistd::sethostname(hostname).map_err(|e| io::Error::other(format!("sethostname {:?}: {}", hostname, e)))?;
+    }
+    if net {
+        loopback_up().map_err(|e| io::Error::other(format!("bringing up lo: {}", e)))?;
+    }
+    let tid = nix::unistd::gettid();
+    for name in names {
+        let src = PathBuf::from(format!("/proc/self/task/{}/ns/{}", tid, name));
+        let dst = dir.join(name);
+        mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| ctx(e.into(), &format!("bind-mounting {} on", src.display()), &dst))?;
+    }
+    Ok(())
+}
+
+/// `ip link set lo up`, by ioctl on a socket in the current network namespace.
+fn loopback_up() -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: plain socket(2) call; the fd is owned by `sock` and closed on drop.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor we exclusively own.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo\0".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq owned by this frame.
+    unsafe {
+        if libc::ioctl(raw, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(raw, libc::SIOCSIFFLAGS as _, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts and removes everything `ensure` made. Safe to call on a half-made or absent sandbox.
+pub fn remove(pod_dir: &Path) -> io::Result<()> {
+    let dir = ns_dir(pod_dir);
+    unmount_namespaces(&dir);
+    let shm = pod_dir.join("shm");
+    if is_mountpoint(&shm) {
+        umount2(&shm, MntFlags::MNT_DETACH).map_err(|e| ctx(e.into(), "unmounting", &shm))?;
+    }
+    for p in [&dir, &shm] {
+        match fs::remove_dir_all(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(ctx(e, "removing", p)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn unmount_namespaces(dir: &Path) {
+    for k in ["net", "ipc", "uts"] {
+        let f = dir.join(k);
+        while is_nsfs(&f) {
+            if umount2(&f, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// An nsfs bind mount: the file's filesystem magic is NSFS_MAGIC.
+fn is_nsfs(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+}
+
+/// A directory is a mount point when its device differs from its parent's.
+pub fn is_mountpoint(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(parent)) = (fs::metadata(p), p.parent()) else { return false };
+    fs::metadata(parent).map(|pm| pm.dev() != me.dev()).unwrap_or(false)
+}
+
+fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{} {}: {}", what, path.display(), e))
+}
