@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use super::unpack::UnpackError;
+use super::UnpackError;
 
 #[derive(Debug)]
 pub enum ImageError {

@@ -12,7 +12,7 @@ use super::index::{self, Entry, WriteLock};
 use super::oci::{self, ConfigFile, Descriptor, DockerArchiveEntry, Index, Manifest};
 use super::source::{Format, Source};
 use super::unpack::{ExpectedLayer, Unpacker};
-use super::{digest, reference, Image, ImageError, ImageStore};
+use super::{digest, normalize_reference, reference, Image, ImageError, ImageStore};
 
 /// Bounds recursion through nested indexes (index -> index -> manifest is the deepest seen).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -145,10 +145,9 @@ fn names_from_hint(hint: &NameHint, path: &Path) -> Result<Vec<String>, ImageErr
         reason,
     };
     match hint {
-        NameHint::Full(names) if !names.is_empty() => names
-            .iter()
-            .map(|n| reference::normalize_reference(n))
-            .collect(),
+        NameHint::Full(names) if !names.is_empty() => {
+            names.iter().map(|n| normalize_reference(n)).collect()
+        }
         NameHint::TagOnly(tag) => Err(required(format!(
             "its {} annotation {tag:?} is only a tag",
             oci::ANNOTATION_REF_NAME

@@ -3,7 +3,8 @@
 //!
 //! Layout on disk (all writes atomic: temp file + fsync + rename):
 //!   images/blobs/sha256/<hex>        manifests, configs, layers (verified against their digest)
-//!   images/index.json                 { "version": 1, "images": { "<normalized name>": {manifest digest, config digest, ...} } }
+//!   images/index.json                 { "version": 1, "images": { "<normalized name>": {manifest, config, layers, size} },
+//!                                       "dangling": [ {manifest, config, layers, size} ] }
 //!   images/snapshots/<config hex>/    unpacked rootfs, layers applied in order with whiteouts
 //!   images/tmp/                       blobs, snapshots and archive contents being written; emptied by every writer
 //!   images/lock                       flock'd exclusively by writers (import, remove) for their whole run

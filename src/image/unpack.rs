@@ -433,6 +433,13 @@ impl<'a> Unpacker<'a> {
     fn finish_dirs(&self, layer: &LayerState) -> Result<(), UnpackError> {
         // Deepest first, so setting a parent's mtime is not undone by touching a child.
         for (rel, meta) in layer.dirs.iter().rev() {
+            // The path was resolved when the entry was read; a later entry of this layer may
+            // have turned one of its parents into a symlink (e.g. "x/d" then "x -> /etc"), and
+            // opening the stale path would then reach the host. Re-resolve and skip if changed.
+            let parts: Vec<OsString> = rel.iter().map(|c| c.to_os_string()).collect();
+            if secure_join(self.root, &parts).ok().as_deref() != Some(rel.as_path()) {
+                continue;
+            }
             let path = self.root.join(rel);
             let dir = match OpenOptions::new()
                 .read(true)

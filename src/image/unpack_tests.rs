@@ -149,6 +149,29 @@ fn final_symlink_is_replaced_not_followed() {
 }
 
 #[test]
+fn deferred_directory_metadata_never_follows_a_later_symlink() {
+    let (_t, root, outside) = sandbox("deferred");
+    let victim = outside.join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+    let before = fs::metadata(&victim).unwrap();
+    // "x/victim" gets mode 0755 at the end of the layer, by which time "x" points outside.
+    let layer = tar_of(&[
+        E::Dir("x"),
+        E::Dir("x/victim"),
+        E::Symlink("x", outside.to_str().unwrap()),
+    ]);
+    apply(&root, &[layer]).unwrap();
+    let after = fs::metadata(&victim).unwrap();
+    assert_eq!(after.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(after.mtime(), before.mtime());
+    assert!(fs::symlink_metadata(root.join("x"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
 fn hardlinks_must_target_regular_files_inside() {
     let (_t, root, outside) = sandbox("hardlink");
     let secret = outside.join("secret");

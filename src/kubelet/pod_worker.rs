@@ -73,9 +73,10 @@ impl PodWorker {
     pub fn run(mut self, rx: Receiver<WorkerMsg>, done: Sender<Event>) {
         let adopted = self.containers.iter().any(|c| c.current.is_some());
         log::info!("pod {}: {} (uid {})", self.pod.full_name(), if adopted { "adopting running pod" } else { "syncing" }, self.pod.uid);
+        // A message that is already waiting (a pod removed while the agent was down) wins over a sync.
+        let mut wait = Duration::ZERO;
         loop {
-            self.sync();
-            match rx.recv_timeout(self.next_wake()) {
+            match rx.recv_timeout(wait) {
                 Ok(WorkerMsg::Terminate) => {
                     self.terminate();
                     let _ = done.send(Event::Terminated(self.pod.uid.clone()));
@@ -85,6 +86,8 @@ impl PodWorker {
                 // The agent is shutting down: pods keep running and are adopted on restart.
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.sync();
+            wait = self.next_wake();
         }
     }
 
