@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339(Duration::from_secs(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(Duration::from_secs(1_795_800_000)), "2026-11-27T16:00:00Z");
+        assert_eq!(rfc3339(Duration::from_secs(1_795_800_000)), "2026-11-27T17:20:00Z");
         assert_eq!(rfc3339_nano(Duration::new(951_782_400, 5)), "2000-02-29T00:00:00.000000005Z");
     }
 

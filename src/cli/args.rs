@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+#[derive(Debug)]
 pub struct Args {
     flags: BTreeMap<String, String>,
     pub positional: Vec<String>,
