@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds and nanoseconds since the Unix epoch.
 pub fn now_unix() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// `2026-11-27T17:37:14Z`: the precision of metav1.Time in API objects.
@@ -41,7 +43,10 @@ pub fn parse_rfc3339(s: &str) -> Option<Duration> {
     if days < 0 {
         return None;
     }
-    Some(Duration::new(days as u64 * 86400 + hh * 3600 + mm * 60 + ss, nanos))
+    Some(Duration::new(
+        days as u64 * 86400 + hh * 3600 + mm * 60 + ss,
+        nanos,
+    ))
 }
 
 fn civil(secs: u64) -> (String, String) {
@@ -80,8 +85,14 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339(Duration::from_secs(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(Duration::from_secs(1_795_800_000)), "2026-11-27T17:20:00Z");
-        assert_eq!(rfc3339_nano(Duration::new(951_782_400, 5)), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(
+            rfc3339(Duration::from_secs(1_795_800_000)),
+            "2026-11-27T17:20:00Z"
+        );
+        assert_eq!(
+            rfc3339_nano(Duration::new(951_782_400, 5)),
+            "2000-02-29T00:00:00.000000005Z"
+        );
     }
 
     #[test]

@@ -38,7 +38,12 @@ impl Default for Config {
 
 /// The hostname, lowercased, as the kubelet defaults --hostname-override.
 pub fn default_node_name() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()).trim().to_lowercase()
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .trim()
+        .to_lowercase()
 }
 
 /// Finds runc: a path as given, or the first match on $PATH.
@@ -46,7 +51,11 @@ pub fn resolve_binary(name: &std::path::Path) -> Option<PathBuf> {
     if name.components().count() > 1 {
         return name.is_file().then(|| name.to_path_buf());
     }
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// The node's primary IPv4 address: the one on the interface of the default route.
@@ -59,7 +68,14 @@ pub fn detect_node_ip() -> Option<String> {
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     let mut fallback = None;
     for a in addrs {
-        let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()) else { continue };
+        let Some(ip) = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|s| s.ip())
+        else {
+            continue;
+        };
         if ip.is_loopback() {
             continue;
         }

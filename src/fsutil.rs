@@ -12,7 +12,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{}.tmp{}", file_name, std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -33,23 +38,33 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Res
 /// Reads a JSON state file. `Ok(None)` when it does not exist; a corrupt file is an error naming it.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {}", path.display(), e))),
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {}", path.display(), e),
+            )
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {}", path.display(), e))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{}: {}", path.display(), e),
+        )),
     }
 }
 
 /// Creates `path` and its parents with mode 0755 (idempotent).
 pub fn ensure_dir(path: &Path) -> io::Result<()> {
-    fs::create_dir_all(path).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {}", path.display(), e)))
+    fs::create_dir_all(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {}", path.display(), e)))
 }
 
 /// Removes a directory tree, treating "already gone" as success.
 pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(e.kind(), format!("removing {}: {}", path.display(), e))),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("removing {}: {}", path.display(), e),
+        )),
         _ => Ok(()),
     }
 }

@@ -19,7 +19,10 @@ impl Args {
                 positional.extend(it.by_ref().cloned());
                 break;
             }
-            if let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-').filter(|b| !b.is_empty())) {
+            if let Some(body) = a
+                .strip_prefix("--")
+                .or_else(|| a.strip_prefix('-').filter(|b| !b.is_empty()))
+            {
                 let (name, inline) = match body.split_once('=') {
                     Some((n, v)) => (n, Some(v.to_string())),
                     None => (body, None),
@@ -27,7 +30,10 @@ impl Args {
                 if valued.contains(&name) {
                     let v = match inline {
                         Some(v) => v,
-                        None => it.next().cloned().ok_or_else(|| format!("flag --{} needs a value", name))?,
+                        None => it
+                            .next()
+                            .cloned()
+                            .ok_or_else(|| format!("flag --{} needs a value", name))?,
                     };
                     flags.insert(name.to_string(), v);
                 } else if boolean.contains(&name) {
@@ -57,13 +63,18 @@ mod tests {
 
     #[test]
     fn parses_forms() {
-        let v: Vec<String> = ["--root-dir=/r", "-o", "json", "-f", "pod", "--", "-x"].iter().map(|s| s.to_string()).collect();
+        let v: Vec<String> = ["--root-dir=/r", "-o", "json", "-f", "pod", "--", "-x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let a = Args::parse(&v, &["root-dir", "o"], &["f"]).unwrap();
         assert_eq!(a.get("root-dir"), Some("/r"));
         assert_eq!(a.get("o"), Some("json"));
         assert!(a.flag("f"));
         assert_eq!(a.positional, vec!["pod", "-x"]);
-        assert!(Args::parse(&["--bogus".to_string()], &[], &[]).unwrap_err().contains("--bogus"));
+        assert!(Args::parse(&["--bogus".to_string()], &[], &[])
+            .unwrap_err()
+            .contains("--bogus"));
         assert!(Args::parse(&["--root-dir".to_string()], &["root-dir"], &[]).is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::kubelet::store;
 use crate::runtime::logs::decode;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,15 +19,26 @@ pub struct LogsRequest<'a> {
 /// Finds the pod: its full name, or `NAME` for the static pod `NAME-<node>` when that is unique.
 fn find_pod(req: &LogsRequest) -> Result<store::StoredPod, String> {
     let pods = store::list_pods(req.root);
-    let ns_ok = |p: &store::StoredPod| req.namespace.is_none_or(|ns| p.record.object["metadata"]["namespace"] == ns);
-    let name_of = |p: &store::StoredPod| p.record.object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let ns_ok = |p: &store::StoredPod| {
+        req.namespace
+            .is_none_or(|ns| p.record.object["metadata"]["namespace"] == ns)
+    };
+    let name_of = |p: &store::StoredPod| {
+        p.record.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     let mut matches: Vec<store::StoredPod> = Vec::new();
     let mut prefixed: Vec<store::StoredPod> = Vec::new();
     for p in pods.into_iter().filter(|p| ns_ok(p)) {
         let name = name_of(&p);
         if name == req.pod {
             matches.push(p);
-        } else if name.strip_prefix(req.pod).is_some_and(|rest| rest.starts_with('-')) {
+        } else if name
+            .strip_prefix(req.pod)
+            .is_some_and(|rest| rest.starts_with('-'))
+        {
             prefixed.push(p);
         }
     }
@@ -35,78 +46,148 @@ fn find_pod(req: &LogsRequest) -> Result<store::StoredPod, String> {
         matches = prefixed;
     }
     match matches.len() {
-        0 => Err(format!("pod {:?} not found under {}", req.pod, req.root.display())),
+        0 => Err(format!(
+            "pod {:?} not found under {}",
+            req.pod,
+            req.root.display()
+        )),
         1 => Ok(matches.remove(0)),
-        _ => Err(format!("pod name {:?} is ambiguous: give the namespace with -n", req.pod)),
+        _ => Err(format!(
+            "pod name {:?} is ambiguous: give the namespace with -n",
+            req.pod
+        )),
     }
 }
 
 pub fn run(req: &LogsRequest, out: &mut impl Write) -> Result<(), String> {
     let pod = find_pod(req)?;
     let meta = &pod.record.object["metadata"];
-    let names: Vec<String> = pod.record.object["spec"]["containers"].as_array().map(|a| a.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect()).unwrap_or_default();
+    let names: Vec<String> = pod.record.object["spec"]["containers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let pod_name = meta["name"].as_str().unwrap_or("");
     let container = match (req.container, names.len()) {
         (Some(c), _) if names.iter().any(|n| n == c) => c.to_string(),
         (Some(c), _) => return Err(format!("container {} is not valid for pod {}", c, pod_name)),
         (None, 1) => names[0].clone(),
-        (None, _) => return Err(format!("a container name must be specified for pod {}, choose one of: [{}]", pod_name, names.join(" "))),
+        (None, _) => {
+            return Err(format!(
+                "a container name must be specified for pod {}, choose one of: [{}]",
+                pod_name,
+                names.join(" ")
+            ))
+        }
     };
-    let rec = store::load_container(&pod.dir, &container).ok_or_else(|| format!("container {} of pod {} has not started yet", container, pod_name))?;
+    let rec = store::load_container(&pod.dir, &container).ok_or_else(|| {
+        format!(
+            "container {} of pod {} has not started yet",
+            container, pod_name
+        )
+    })?;
     let count = if req.previous {
         if !rec.started_once || (rec.restart_count == 0) {
-            return Err(format!("previous terminated container {:?} in pod {:?} not found", container, pod_name));
+            return Err(format!(
+                "previous terminated container {:?} in pod {:?} not found",
+                container, pod_name
+            ));
         }
         rec.restart_count - 1
     } else {
         rec.restart_count
     };
-    let dir = req.log_dir.join(format!("{}_{}_{}", meta["namespace"].as_str().unwrap_or(""), pod_name, pod.uid)).join(&container);
+    let dir = req
+        .log_dir
+        .join(format!(
+            "{}_{}_{}",
+            meta["namespace"].as_str().unwrap_or(""),
+            pod_name,
+            pod.uid
+        ))
+        .join(&container);
     let path = dir.join(format!("{}.log", count));
     let follow = req.follow && !req.previous;
-    copy_log(&path, out, follow.then(|| (pod.dir.clone(), container.clone(), rec.current.map(|a| a.id))))
+    copy_log(
+        &path,
+        out,
+        follow.then(|| {
+            (
+                pod.dir.clone(),
+                container.clone(),
+                rec.current.map(|a| a.id),
+            )
+        }),
+    )
 }
 
 /// Copies the decoded log; when following, keeps reading until that container is no longer the
 /// running one (it exited or the pod went away).
-fn copy_log(path: &PathBuf, out: &mut impl Write, follow: Option<(PathBuf, String, Option<String>)>) -> Result<(), String> {
+fn copy_log(
+    path: &PathBuf,
+    out: &mut impl Write,
+    follow: Option<(PathBuf, String, Option<String>)>,
+) -> Result<(), String> {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow.is_none() => return Ok(()),
         Err(e) => return Err(format!("opening {}: {}", path.display(), e)),
     };
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut text = Vec::new();
-    let mut pos = 0u64;
+    let mut reader = LogReader {
+        pending: Vec::new(),
+        buf: vec![0u8; 64 * 1024],
+        text: Vec::new(),
+    };
     loop {
-        file.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
-        let n = file.read(&mut buf).map_err(|e| format!("reading {}: {}", path.display(), e))?;
-        if n > 0 {
-            pos += n as u64;
-            pending.extend_from_slice(&buf[..n]);
-            let used = decode(&pending, &mut text);
-            pending.drain(..used);
-            out.write_all(&text).map_err(|e| e.to_string())?;
-            out.flush().map_err(|e| e.to_string())?;
-            text.clear();
+        if reader
+            .copy_available(&mut file, out)
+            .map_err(|e| format!("reading {}: {}", path.display(), e))?
+            > 0
+        {
             continue;
         }
-        let Some((pod_dir, container, id)) = &follow else { return Ok(()) };
-        let still_running = id.is_some() && store::load_container(pod_dir, container).and_then(|r| r.current).map(|a| a.id) == *id;
+        let Some((pod_dir, container, id)) = &follow else {
+            return Ok(());
+        };
+        let still_running = id.is_some()
+            && store::load_container(pod_dir, container)
+                .and_then(|r| r.current)
+                .map(|a| a.id)
+                == *id;
         if !still_running {
-            // One more read picks up what was written just before the container ended.
-            let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok(());
-            }
-            pos += n as u64;
-            pending.extend_from_slice(&buf[..n]);
-            let used = decode(&pending, &mut text);
-            pending.drain(..used);
-            out.write_all(&text).map_err(|e| e.to_string())?;
+            // One more pass picks up what was written just before the container ended.
+            reader
+                .copy_available(&mut file, out)
+                .map_err(|e| format!("reading {}: {}", path.display(), e))?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct LogReader {
+    pending: Vec<u8>,
+    buf: Vec<u8>,
+    text: Vec<u8>,
+}
+
+impl LogReader {
+    /// Reads what the file has now and writes the decoded complete lines; returns bytes read.
+    fn copy_available(
+        &mut self,
+        file: &mut std::fs::File,
+        out: &mut impl Write,
+    ) -> std::io::Result<usize> {
+        let n = file.read(&mut self.buf)?;
+        self.pending.extend_from_slice(&self.buf[..n]);
+        let used = decode(&self.pending, &mut self.text);
+        self.pending.drain(..used);
+        out.write_all(&self.text)?;
+        out.flush()?;
+        self.text.clear();
+        Ok(n)
     }
 }

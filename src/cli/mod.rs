@@ -19,10 +19,22 @@ usage:
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME   [--root-dir DIR]
+  tinylet validate [--node-name NAME] PATH...     check manifest files or directories, as `run` would read them
   tinylet version
 ";
 
-const RUN_FLAGS: &[&str] = &["root-dir", "pod-manifest-path", "node-name", "hostname-override", "runtime", "runtime-root", "pod-log-dir", "cgroup-root", "node-ip", "backoff-scale"];
+const RUN_FLAGS: &[&str] = &[
+    "root-dir",
+    "pod-manifest-path",
+    "node-name",
+    "hostname-override",
+    "runtime",
+    "runtime-root",
+    "pod-log-dir",
+    "cgroup-root",
+    "node-ip",
+    "backoff-scale",
+];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
     let Some(cmd) = argv.first().map(String::as_str) else {
@@ -36,18 +48,47 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             let a = Args::parse(rest, &["root-dir", "o", "output"], &[])?;
             let root = root_dir(&a);
             match a.get("o").or(a.get("output")).unwrap_or("table") {
-                "json" => println!("{}", serde_json::to_string_pretty(&ps::pod_list(&root)).unwrap_or_default()),
-                "table" | "wide" => print!("{}", ps::table(&root, crate::clock::now_unix().as_secs())),
-                other => return Err(format!("unknown output format {:?} (use table or json)", other)),
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ps::pod_list(&root)).unwrap_or_default()
+                ),
+                "table" | "wide" => {
+                    print!("{}", ps::table(&root, crate::clock::now_unix().as_secs()))
+                }
+                other => {
+                    return Err(format!(
+                        "unknown output format {:?} (use table or json)",
+                        other
+                    ))
+                }
             }
             Ok(())
         }
         "logs" => {
-            let a = Args::parse(rest, &["root-dir", "pod-log-dir", "n", "namespace", "c", "container"], &["f", "follow", "p", "previous"])?;
+            let a = Args::parse(
+                rest,
+                &[
+                    "root-dir",
+                    "pod-log-dir",
+                    "n",
+                    "namespace",
+                    "c",
+                    "container",
+                ],
+                &["f", "follow", "p", "previous"],
+            )?;
             let root = root_dir(&a);
             let log_dir = PathBuf::from(a.get("pod-log-dir").unwrap_or("/var/log/pods"));
-            let pod = a.positional.first().ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] POD [CONTAINER]")?;
-            let container = a.positional.get(1).map(String::as_str).or(a.get("c")).or(a.get("container"));
+            let pod = a
+                .positional
+                .first()
+                .ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] POD [CONTAINER]")?;
+            let container = a
+                .positional
+                .get(1)
+                .map(String::as_str)
+                .or(a.get("c"))
+                .or(a.get("container"));
             let req = logs::LogsRequest {
                 root: &root,
                 log_dir: &log_dir,
@@ -60,8 +101,14 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             logs::run(&req, &mut std::io::stdout().lock())
         }
         "image" => image(rest),
+        "validate" => validate(rest),
         "version" | "--version" => {
-            println!("tinylet {} ({} {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
+            println!(
+                "tinylet {} ({} {})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            );
             Ok(())
         }
         "help" | "--help" | "-h" => {
@@ -81,8 +128,13 @@ fn image(rest: &[String]) -> Result<(), String> {
     let store = ImageStore::open(&root_dir(&a)).map_err(|e| e.to_string())?;
     match a.positional.first().map(String::as_str) {
         Some("import") => {
-            let path = a.positional.get(1).ok_or("usage: tinylet image import PATH [--name NAME]")?;
-            let images = store.import(std::path::Path::new(path), a.get("name")).map_err(|e| format!("importing {}: {}", path, e))?;
+            let path = a
+                .positional
+                .get(1)
+                .ok_or("usage: tinylet image import PATH [--name NAME]")?;
+            let images = store
+                .import(std::path::Path::new(path), a.get("name"))
+                .map_err(|e| format!("importing {}: {}", path, e))?;
             for i in images {
                 println!("imported {} ({})", i.name, i.id);
             }
@@ -92,18 +144,69 @@ fn image(rest: &[String]) -> Result<(), String> {
             println!("{:<50} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
             for i in store.list().map_err(|e| e.to_string())? {
                 let id = i.id.trim_start_matches("sha256:");
-                println!("{:<50} {:<20} {:>10}", i.name, &id[..id.len().min(12)], human_size(i.size));
+                println!(
+                    "{:<50} {:<20} {:>10}",
+                    i.name,
+                    &id[..id.len().min(12)],
+                    human_size(i.size)
+                );
             }
             Ok(())
         }
         Some("rm") | Some("remove") => {
             let name = a.positional.get(1).ok_or("usage: tinylet image rm NAME")?;
-            store.remove(name).map_err(|e| format!("removing {}: {}", name, e))?;
+            store
+                .remove(name)
+                .map_err(|e| format!("removing {}: {}", name, e))?;
             println!("removed {}", name);
             Ok(())
         }
-        _ => Err("usage: tinylet image import PATH [--name NAME] | image ls | image rm NAME".into()),
+        _ => {
+            Err("usage: tinylet image import PATH [--name NAME] | image ls | image rm NAME".into())
+        }
     }
+}
+
+/// Parses manifests exactly as the daemon does and reports each pod or error.
+fn validate(rest: &[String]) -> Result<(), String> {
+    let a = Args::parse(rest, &["node-name"], &[])?;
+    if a.positional.is_empty() {
+        return Err("usage: tinylet validate [--node-name NAME] PATH...".into());
+    }
+    let node = a.get("node-name").map(str::to_lowercase).unwrap_or_else(config::default_node_name);
+    let mut files = Vec::new();
+    for p in &a.positional {
+        let path = PathBuf::from(p);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| format!("{}: {}", p, e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(path);
+        }
+    }
+    let mut errors = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {}", f.display(), e))?;
+        for r in kubelet::manifest::parse_manifest(&f, &text, &node) {
+            match r {
+                Ok(p) => println!("ok    {}: pod {} (uid {})", f.display(), p.full_name(), p.uid),
+                Err(e) => {
+                    errors += 1;
+                    println!("error {}", e);
+                }
+            }
+        }
+    }
+    if errors > 0 {
+        return Err(format!("{} invalid manifest document(s)", errors));
+    }
+    Ok(())
 }
 
 fn human_size(b: u64) -> String {
@@ -116,8 +219,15 @@ fn human_size(b: u64) -> String {
 
 fn run(rest: &[String]) -> Result<(), String> {
     let a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
-    let level = if a.flag("v") || a.flag("verbose") { log::LevelFilter::Debug } else { log::LevelFilter::Info };
-    let _ = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps().init();
+    let level = if a.flag("v") || a.flag("verbose") {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init();
     let mut config = Config::default();
     if let Some(v) = a.get("root-dir") {
         config.root_dir = v.into();
@@ -140,14 +250,30 @@ fn run(rest: &[String]) -> Result<(), String> {
     if let Some(v) = a.get("cgroup-root") {
         config.cgroup_root = v.into();
     }
-    config.node_ip = a.get("node-ip").map(String::from).or_else(config::detect_node_ip);
+    config.node_ip = a
+        .get("node-ip")
+        .map(String::from)
+        .or_else(config::detect_node_ip);
     if let Some(v) = a.get("backoff-scale") {
-        config.backoff_scale = v.parse().ok().filter(|s: &f64| *s > 0.0).ok_or_else(|| format!("--backoff-scale {:?}: must be a positive number", v))?;
+        config.backoff_scale = v
+            .parse()
+            .ok()
+            .filter(|s: &f64| *s > 0.0)
+            .ok_or_else(|| format!("--backoff-scale {:?}: must be a positive number", v))?;
     }
-    let runc_path = config::resolve_binary(&config.runtime).ok_or_else(|| format!("container runtime {:?} not found (install runc or pass --runtime PATH)", config.runtime.display()))?;
-    let runc = Runc { binary: runc_path, root: config.runtime_root.clone() };
+    let runc_path = config::resolve_binary(&config.runtime).ok_or_else(|| {
+        format!(
+            "container runtime {:?} not found (install runc or pass --runtime PATH)",
+            config.runtime.display()
+        )
+    })?;
+    let runc = Runc {
+        binary: runc_path,
+        root: config.runtime_root.clone(),
+    };
     let version = runc.version()?;
-    let self_exe = std::env::current_exe().map_err(|e| format!("locating the tinylet binary: {}", e))?;
+    let self_exe =
+        std::env::current_exe().map_err(|e| format!("locating the tinylet binary: {}", e))?;
     crate::fsutil::ensure_dir(&config.root_dir).map_err(|e| e.to_string())?;
     let _lock = lock_root(&config.root_dir)?;
     let cgroups = Hierarchy::detect();
@@ -159,10 +285,20 @@ fn run(rest: &[String]) -> Result<(), String> {
         config.pod_manifest_path.display(),
         version,
         runc.binary.display(),
-        if matches!(cgroups, Hierarchy::V2 { .. }) { "v2" } else { "v1" }
+        if matches!(cgroups, Hierarchy::V2 { .. }) {
+            "v2"
+        } else {
+            "v1"
+        }
     );
     let ctx = Context {
-        runtime: Runtime { runc, root_dir: config.root_dir.clone(), cgroups, cgroup_root: config.cgroup_root.clone(), self_exe },
+        runtime: Runtime {
+            runc,
+            root_dir: config.root_dir.clone(),
+            cgroups,
+            cgroup_root: config.cgroup_root.clone(),
+            self_exe,
+        },
         images: ImageStore::open(&config.root_dir).map_err(|e| e.to_string())?,
         backoff: BackoffPolicy::scaled(config.backoff_scale),
         node_name: config.node_name.clone(),
@@ -175,7 +311,18 @@ fn run(rest: &[String]) -> Result<(), String> {
 /// One agent per root dir: an exclusive flock held for the daemon's life.
 fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     let path = root.join("tinylet.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| format!("opening {}: {}", path.display(), e))?;
-    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| format!("another tinylet is running with root dir {}", root.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {}", path.display(), e))?;
+    let lock =
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+            format!(
+                "another tinylet is running with root dir {}",
+                root.display()
+            )
+        })?;
     Ok(lock)
 }

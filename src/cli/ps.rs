@@ -21,31 +21,54 @@ pub fn pod_list(root: &Path) -> Value {
 }
 
 pub fn table(root: &Path, now_secs: u64) -> String {
-    let mut rows = vec![["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"].map(String::from).to_vec()];
+    let mut rows = vec![["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        .map(String::from)
+        .to_vec()];
     for p in store::list_pods(root) {
         let meta = &p.record.object["metadata"];
         let st: PodStatus = p.status.unwrap_or_default();
-        let total = p.record.object["spec"]["containers"].as_array().map(|a| a.len()).unwrap_or(0);
+        let total = p.record.object["spec"]["containers"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0);
         let ready = st.container_statuses.iter().filter(|c| c.ready).count();
         let restarts: u32 = st.container_statuses.iter().map(|c| c.restart_count).sum();
-        let age = st.start_time.as_deref().and_then(crate::clock::parse_rfc3339).map(|t| human_age(now_secs.saturating_sub(t.as_secs()))).unwrap_or_else(|| "<unknown>".into());
+        let age = st
+            .start_time
+            .as_deref()
+            .and_then(crate::clock::parse_rfc3339)
+            .map(|t| human_age(now_secs.saturating_sub(t.as_secs())))
+            .unwrap_or_else(|| "<unknown>".into());
         rows.push(vec![
             meta["namespace"].as_str().unwrap_or("").to_string(),
             meta["name"].as_str().unwrap_or("").to_string(),
             format!("{}/{}", ready, total),
-            if st.phase.is_empty() { "Pending".into() } else { status::display_reason(&st) },
+            if st.phase.is_empty() {
+                "Pending".into()
+            } else {
+                status::display_reason(&st)
+            },
             restarts.to_string(),
             age,
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{:width$}", c, width = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:width$}", c, width = widths[i]))
+            .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
-    let errors: Vec<String> = crate::fsutil::read_json(&root.join("manifest-errors.json")).ok().flatten().unwrap_or_default();
+    let errors: Vec<String> = crate::fsutil::read_json(&root.join("manifest-errors.json"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if !errors.is_empty() {
         out.push_str("\nmanifests not running:\n");
         for e in errors {

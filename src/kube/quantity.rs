@@ -33,8 +33,12 @@ pub fn value_to_string(v: &serde_json::Value) -> Option<String> {
 
 fn split(s: &str) -> Result<(f64, f64), String> {
     let s = s.trim();
-    let bad = || format!("quantity {:?} must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'", s);
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let bad = || {
+        format!("quantity {:?} must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'", s)
+    };
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(end);
     let num: f64 = num.parse().map_err(|_| bad())?;
     let scale = match suffix {

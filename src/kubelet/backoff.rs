@@ -13,7 +13,10 @@ pub struct BackoffPolicy {
 
 impl BackoffPolicy {
     pub fn scaled(scale: f64) -> Self {
-        BackoffPolicy { initial: 10.0 * scale, max: 300.0 * scale }
+        BackoffPolicy {
+            initial: 10.0 * scale,
+            max: 300.0 * scale,
+        }
     }
 
     /// An entry whose last restart is older than this is forgotten.
@@ -31,7 +34,11 @@ pub struct Backoff {
 
 impl Backoff {
     /// When a container that finished at `finished` may start again (`None`: right away).
-    pub fn restart_at(entry: Option<Backoff>, policy: &BackoffPolicy, finished: f64) -> Option<f64> {
+    pub fn restart_at(
+        entry: Option<Backoff>,
+        policy: &BackoffPolicy,
+        finished: f64,
+    ) -> Option<f64> {
         let e = entry?;
         if finished - e.last_update > policy.expiry() {
             return None;
@@ -42,8 +49,14 @@ impl Backoff {
     /// Records a (re)start at `now` and returns the entry to keep.
     pub fn next(entry: Option<Backoff>, policy: &BackoffPolicy, now: f64) -> Backoff {
         match entry {
-            Some(e) if now - e.last_update <= policy.expiry() => Backoff { delay: (e.delay * 2.0).min(policy.max), last_update: now },
-            _ => Backoff { delay: policy.initial, last_update: now },
+            Some(e) if now - e.last_update <= policy.expiry() => Backoff {
+                delay: (e.delay * 2.0).min(policy.max),
+                last_update: now,
+            },
+            _ => Backoff {
+                delay: policy.initial,
+                last_update: now,
+            },
         }
     }
 }
@@ -81,7 +94,10 @@ mod tests {
             waits.push(at - t);
             t = at;
         }
-        assert_eq!(waits, vec![10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0, 300.0]);
+        assert_eq!(
+            waits,
+            vec![10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0, 300.0]
+        );
         // First failure ever: immediate restart.
         assert_eq!(Backoff::restart_at(None, &p, 5.0), None);
     }
@@ -89,7 +105,10 @@ mod tests {
     #[test]
     fn resets_after_ten_minutes_of_running() {
         let p = BackoffPolicy::scaled(1.0);
-        let e = Backoff { delay: 160.0, last_update: 0.0 };
+        let e = Backoff {
+            delay: 160.0,
+            last_update: 0.0,
+        };
         assert_eq!(Backoff::restart_at(Some(e), &p, 601.0), None);
         assert_eq!(Backoff::next(Some(e), &p, 601.0).delay, 10.0);
         assert_eq!(Backoff::next(Some(e), &p, 100.0).delay, 300.0);

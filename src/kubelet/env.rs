@@ -40,15 +40,20 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
 
 /// The container's environment as `KEY=value`, image variables first, container variables
 /// overriding them. `field` answers downward-API field paths (`metadata.name`, `status.podIP`...).
-pub fn environment(image: &ImageConfig, c: &Container, field: &dyn Fn(&str) -> Option<String>) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+pub fn environment(
+    image: &ImageConfig,
+    c: &Container,
+    field: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
-    let set = |k: String, v: String, order: &mut Vec<String>, values: &mut BTreeMap<String, String>| {
-        if !values.contains_key(&k) {
-            order.push(k.clone());
-        }
-        values.insert(k, v);
-    };
+    let set =
+        |k: String, v: String, order: &mut Vec<String>, values: &mut BTreeMap<String, String>| {
+            if !values.contains_key(&k) {
+                order.push(k.clone());
+            }
+            values.insert(k, v);
+        };
     for kv in &image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         set(k.to_string(), v.to_string(), &mut order, &mut values);
@@ -60,9 +65,19 @@ pub fn environment(image: &ImageConfig, c: &Container, field: &dyn Fn(&str) -> O
             expand(v, &defined)
         } else if let Some(src) = &e.value_from {
             if let Some(fr) = &src.field_ref {
-                field(&fr.field_path).ok_or_else(|| format!("env[{}] {:?}: unsupported fieldRef.fieldPath {:?}", i, e.name, fr.field_path))?
+                field(&fr.field_path).ok_or_else(|| {
+                    format!(
+                        "env[{}] {:?}: unsupported fieldRef.fieldPath {:?}",
+                        i, e.name, fr.field_path
+                    )
+                })?
             } else {
-                let kind = src.other.keys().next().cloned().unwrap_or_else(|| "valueFrom".into());
+                let kind = src
+                    .other
+                    .keys()
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| "valueFrom".into());
                 return Err(format!("env[{}] {:?}: {} needs the Kubernetes API, which standalone mode does not have", i, e.name, kind));
             }
         } else {
@@ -71,25 +86,54 @@ pub fn environment(image: &ImageConfig, c: &Container, field: &dyn Fn(&str) -> O
         defined.insert(e.name.clone(), v.clone());
         set(e.name.clone(), v, &mut order, &mut values);
     }
-    let list = order.iter().map(|k| format!("{}={}", k, values[k])).collect();
+    let list = order
+        .iter()
+        .map(|k| format!("{}={}", k, values[k]))
+        .collect();
     Ok((list, defined))
 }
 
 /// Kubernetes' rules: command replaces Entrypoint (and drops Cmd), args replace Cmd.
-pub fn process_args(image: &ImageConfig, c: &Container, vars: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+pub fn process_args(
+    image: &ImageConfig,
+    c: &Container,
+    vars: &BTreeMap<String, String>,
+) -> Result<Vec<String>, String> {
     let args: Vec<String> = match (c.command.is_empty(), c.args.is_empty()) {
-        (false, _) => c.command.iter().chain(c.args.iter()).map(|a| expand(a, vars)).collect(),
-        (true, false) => image.entrypoint.iter().cloned().chain(c.args.iter().map(|a| expand(a, vars))).collect(),
-        (true, true) => image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect(),
+        (false, _) => c
+            .command
+            .iter()
+            .chain(c.args.iter())
+            .map(|a| expand(a, vars))
+            .collect(),
+        (true, false) => image
+            .entrypoint
+            .iter()
+            .cloned()
+            .chain(c.args.iter().map(|a| expand(a, vars)))
+            .collect(),
+        (true, true) => image
+            .entrypoint
+            .iter()
+            .chain(image.cmd.iter())
+            .cloned()
+            .collect(),
     };
     if args.is_empty() {
-        return Err("no command specified: the container has no command and the image no Entrypoint or Cmd".into());
+        return Err(
+            "no command specified: the container has no command and the image no Entrypoint or Cmd"
+                .into(),
+        );
     }
     Ok(args)
 }
 
 pub fn working_dir(image: &ImageConfig, c: &Container) -> String {
-    c.working_dir.clone().filter(|w| !w.is_empty()).or_else(|| Some(image.working_dir.clone()).filter(|w| !w.is_empty())).unwrap_or_else(|| "/".into())
+    c.working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| Some(image.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into())
 }
 
 /// uid/gid from securityContext, else the image's `User` ("uid", "uid:gid", "name", "name:group",
@@ -99,19 +143,36 @@ pub fn user(image: &ImageConfig, c: &Container, rootfs: &Path) -> Result<(u32, u
     let (mut uid, mut gid) = (0u32, 0u32);
     let spec = image.user.trim();
     if !spec.is_empty() {
-        let (u, g) = spec.split_once(':').map(|(u, g)| (u, Some(g))).unwrap_or((spec, None));
-        let (pu, pg) = lookup(rootfs, "etc/passwd", u).ok_or_else(|| format!("image user {:?}: no such user in the image's /etc/passwd", u))?;
+        let (u, g) = spec
+            .split_once(':')
+            .map(|(u, g)| (u, Some(g)))
+            .unwrap_or((spec, None));
+        let (pu, pg) = lookup(rootfs, "etc/passwd", u).ok_or_else(|| {
+            format!(
+                "image user {:?}: no such user in the image's /etc/passwd",
+                u
+            )
+        })?;
         uid = pu;
         gid = pg.unwrap_or(0);
         if let Some(g) = g {
-            gid = lookup(rootfs, "etc/group", g).map(|(id, _)| id).ok_or_else(|| format!("image group {:?}: no such group in the image's /etc/group", g))?;
+            gid = lookup(rootfs, "etc/group", g)
+                .map(|(id, _)| id)
+                .ok_or_else(|| {
+                    format!(
+                        "image group {:?}: no such group in the image's /etc/group",
+                        g
+                    )
+                })?;
         }
     }
     if let Some(u) = sc.run_as_user {
-        uid = u32::try_from(u).map_err(|_| format!("securityContext.runAsUser {} is out of range", u))?;
+        uid = u32::try_from(u)
+            .map_err(|_| format!("securityContext.runAsUser {} is out of range", u))?;
     }
     if let Some(g) = sc.run_as_group {
-        gid = u32::try_from(g).map_err(|_| format!("securityContext.runAsGroup {} is out of range", g))?;
+        gid = u32::try_from(g)
+            .map_err(|_| format!("securityContext.runAsGroup {} is out of range", g))?;
     }
     Ok((uid, gid))
 }
@@ -132,7 +193,11 @@ fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 3 && f[0] == name {
             let id = f[2].parse().ok()?;
-            let primary_gid = if file.ends_with("passwd") { f.get(3).and_then(|g| g.parse().ok()) } else { None };
+            let primary_gid = if file.ends_with("passwd") {
+                f.get(3).and_then(|g| g.parse().ok())
+            } else {
+                None
+            };
             return Some((id, primary_gid));
         }
     }
@@ -145,7 +210,13 @@ mod tests {
     use crate::kube::types::{EnvVar, EnvVarSource, ObjectFieldSelector};
 
     fn image() -> ImageConfig {
-        ImageConfig { entrypoint: vec!["/ep".into()], cmd: vec!["cmd".into()], env: vec!["PATH=/bin".into(), "A=img".into()], working_dir: "/w".into(), user: String::new() }
+        ImageConfig {
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["cmd".into()],
+            env: vec!["PATH=/bin".into(), "A=img".into()],
+            working_dir: "/w".into(),
+            user: String::new(),
+        }
     }
 
     #[test]
@@ -160,29 +231,63 @@ mod tests {
 
     #[test]
     fn env_overrides_and_field_refs() {
-        let mut c = Container::default();
-        c.env = vec![
-            EnvVar { name: "A".into(), value: Some("pod".into()), value_from: None },
-            EnvVar { name: "B".into(), value: Some("$(A)-x".into()), value_from: None },
-            EnvVar { name: "N".into(), value: None, value_from: Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into() }), other: Default::default() }) },
-        ];
+        let mut c = Container {
+            env: vec![
+                EnvVar {
+                    name: "A".into(),
+                    value: Some("pod".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: Some("$(A)-x".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "N".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".into(),
+                        }),
+                        other: Default::default(),
+                    }),
+                },
+            ],
+            ..Default::default()
+        };
         let field = |p: &str| (p == "metadata.name").then(|| "web".to_string());
         let (env, vars) = environment(&image(), &c, &field).unwrap();
         assert_eq!(env, vec!["PATH=/bin", "A=pod", "B=pod-x", "N=web"]);
         assert_eq!(vars["B"], "pod-x");
-        c.env[2].value_from.as_mut().unwrap().field_ref.as_mut().unwrap().field_path = "spec.bogus".into();
-        assert!(environment(&image(), &c, &field).unwrap_err().contains("spec.bogus"));
+        c.env[2]
+            .value_from
+            .as_mut()
+            .unwrap()
+            .field_ref
+            .as_mut()
+            .unwrap()
+            .field_path = "spec.bogus".into();
+        assert!(environment(&image(), &c, &field)
+            .unwrap_err()
+            .contains("spec.bogus"));
     }
 
     #[test]
     fn command_and_args_rules() {
         let vars = BTreeMap::new();
         let mut c = Container::default();
-        assert_eq!(process_args(&image(), &c, &vars).unwrap(), vec!["/ep", "cmd"]);
+        assert_eq!(
+            process_args(&image(), &c, &vars).unwrap(),
+            vec!["/ep", "cmd"]
+        );
         c.args = vec!["a".into()];
         assert_eq!(process_args(&image(), &c, &vars).unwrap(), vec!["/ep", "a"]);
         c.command = vec!["/bin/sh".into()];
-        assert_eq!(process_args(&image(), &c, &vars).unwrap(), vec!["/bin/sh", "a"]);
+        assert_eq!(
+            process_args(&image(), &c, &vars).unwrap(),
+            vec!["/bin/sh", "a"]
+        );
         assert!(process_args(&ImageConfig::default(), &Container::default(), &vars).is_err());
         assert_eq!(working_dir(&image(), &c), "/w");
         assert_eq!(working_dir(&ImageConfig::default(), &c), "/");
@@ -192,7 +297,11 @@ mod tests {
     fn users_numeric_named_and_overridden() {
         let root = std::env::temp_dir().join(format!("tinylet-user-{}", std::process::id()));
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n").unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n",
+        )
+        .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let mut img = image();
         let c = Container::default();
@@ -204,8 +313,13 @@ mod tests {
         assert_eq!(user(&img, &c, &root).unwrap(), (1000, 1001));
         img.user = "nobody".into();
         assert!(user(&img, &c, &root).is_err());
-        let mut c2 = Container::default();
-        c2.security_context = Some(crate::kube::types::SecurityContext { run_as_user: Some(7), ..Default::default() });
+        let c2 = Container {
+            security_context: Some(crate::kube::types::SecurityContext {
+                run_as_user: Some(7),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(user(&ImageConfig::default(), &c2, &root).unwrap(), (7, 0));
         std::fs::remove_dir_all(&root).unwrap();
     }

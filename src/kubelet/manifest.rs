@@ -30,9 +30,23 @@ impl DesiredPod {
 
     /// Rebuilds a pod from the object the agent stored for it (already named and defaulted).
     pub fn from_stored(object: Value, source: PathBuf) -> Result<DesiredPod, String> {
-        let meta: ObjectMeta = typed(object.get("metadata").cloned().unwrap_or(json!({})), "metadata")?;
-        let spec: PodSpec = typed(object.get("spec").cloned().ok_or("spec: Required value")?, "spec")?;
-        Ok(DesiredPod { uid: meta.uid.clone(), name: meta.name.clone(), namespace: meta.namespace.clone(), spec, meta, object, source })
+        let meta: ObjectMeta = typed(
+            object.get("metadata").cloned().unwrap_or(json!({})),
+            "metadata",
+        )?;
+        let spec: PodSpec = typed(
+            object.get("spec").cloned().ok_or("spec: Required value")?,
+            "spec",
+        )?;
+        Ok(DesiredPod {
+            uid: meta.uid.clone(),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            spec,
+            meta,
+            object,
+            source,
+        })
     }
 }
 
@@ -47,8 +61,19 @@ pub struct ManifestError {
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.document {
-            Some(i) => write!(f, "invalid manifest {} (document {}): {}", self.file.display(), i + 1, self.message),
-            None => write!(f, "invalid manifest {}: {}", self.file.display(), self.message),
+            Some(i) => write!(
+                f,
+                "invalid manifest {} (document {}): {}",
+                self.file.display(),
+                i + 1,
+                self.message
+            ),
+            None => write!(
+                f,
+                "invalid manifest {}: {}",
+                self.file.display(),
+                self.message
+            ),
         }
     }
 }
@@ -56,8 +81,16 @@ impl fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 /// Parses every document in `text`; each yields a pod or an error, independently of the others.
-pub fn parse_manifest(file: &Path, text: &str, node_name: &str) -> Vec<Result<DesiredPod, ManifestError>> {
-    let err = |document, message: String| ManifestError { file: file.to_path_buf(), document, message };
+pub fn parse_manifest(
+    file: &Path,
+    text: &str,
+    node_name: &str,
+) -> Vec<Result<DesiredPod, ManifestError>> {
+    let err = |document, message: String| ManifestError {
+        file: file.to_path_buf(),
+        document,
+        message,
+    };
     let docs = if file.extension().is_some_and(|e| e == "json") {
         match serde_json::from_str::<Value>(text) {
             Ok(v) => vec![v],
@@ -77,36 +110,70 @@ pub fn parse_manifest(file: &Path, text: &str, node_name: &str) -> Vec<Result<De
 }
 
 fn to_pod(file: &Path, doc: Value, node_name: &str) -> Result<DesiredPod, String> {
-    let obj = doc.as_object().ok_or("a manifest document must be a mapping (a Pod object)")?;
+    let obj = doc
+        .as_object()
+        .ok_or("a manifest document must be a mapping (a Pod object)")?;
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some("v1") => {}
-        Some(other) => return Err(format!("apiVersion: Unsupported value: {:?}: supported values: \"v1\"", other)),
+        Some(other) => {
+            return Err(format!(
+                "apiVersion: Unsupported value: {:?}: supported values: \"v1\"",
+                other
+            ))
+        }
         None => return Err("apiVersion: Required value".into()),
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some("Pod") => {}
-        Some(other) => return Err(format!("kind: Unsupported value: {:?}: supported values: \"Pod\"", other)),
+        Some(other) => {
+            return Err(format!(
+                "kind: Unsupported value: {:?}: supported values: \"Pod\"",
+                other
+            ))
+        }
         None => return Err("kind: Required value".into()),
     }
-    let meta: ObjectMeta = typed(obj.get("metadata").cloned().unwrap_or(json!({})), "metadata")?;
-    let spec: PodSpec = typed(obj.get("spec").cloned().ok_or("spec: Required value")?, "spec")?;
+    let meta: ObjectMeta = typed(
+        obj.get("metadata").cloned().unwrap_or(json!({})),
+        "metadata",
+    )?;
+    let spec: PodSpec = typed(
+        obj.get("spec").cloned().ok_or("spec: Required value")?,
+        "spec",
+    )?;
     validate(&meta, &spec)?;
 
     let uid = static_pod_uid(&doc, node_name, file);
-    let namespace = if meta.namespace.is_empty() { "default".to_string() } else { meta.namespace.clone() };
+    let namespace = if meta.namespace.is_empty() {
+        "default".to_string()
+    } else {
+        meta.namespace.clone()
+    };
     let name = format!("{}-{}", meta.name, node_name);
     let mut object = doc;
     apply_defaults(&mut object, &name, &namespace, &uid, node_name);
     // Re-read the defaulted object so the typed view and the echoed object never disagree.
     let meta: ObjectMeta = typed(object["metadata"].clone(), "metadata")?;
     let spec: PodSpec = typed(object["spec"].clone(), "spec")?;
-    Ok(DesiredPod { uid, name, namespace, spec, meta, object, source: file.to_path_buf() })
+    Ok(DesiredPod {
+        uid,
+        name,
+        namespace,
+        spec,
+        meta,
+        object,
+        source: file.to_path_buf(),
+    })
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T, String> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { prefix.to_string() } else { format!("{}.{}", prefix, path) };
+        let field = if path == "." {
+            prefix.to_string()
+        } else {
+            format!("{}.{}", prefix, path)
+        };
         format!("{}: {}", field, e.into_inner())
     })
 }
@@ -168,10 +235,22 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
                 return Err(format!("{}.env[{}].name: Required value", field, j));
             }
         }
-        for (kind, map) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {
+        for (kind, map) in [
+            ("limits", &c.resources.limits),
+            ("requests", &c.resources.requests),
+        ] {
             for (res, v) in map {
-                let s = quantity::value_to_string(v).ok_or_else(|| format!("{}.resources.{}.{}: must be a quantity string", field, kind, res))?;
-                let parsed = if res == "cpu" { quantity::parse_millis(&s) } else { quantity::parse_units(&s) };
+                let s = quantity::value_to_string(v).ok_or_else(|| {
+                    format!(
+                        "{}.resources.{}.{}: must be a quantity string",
+                        field, kind, res
+                    )
+                })?;
+                let parsed = if res == "cpu" {
+                    quantity::parse_millis(&s)
+                } else {
+                    quantity::parse_units(&s)
+                };
                 parsed.map_err(|e| format!("{}.resources.{}.{}: {}", field, kind, res, e))?;
             }
         }
@@ -182,7 +261,8 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -193,7 +273,9 @@ fn is_dns_subdomain(s: &str) -> bool {
 
 /// The defaults the API server (and the kubelet, for static pods) fills in.
 fn apply_defaults(object: &mut Value, name: &str, namespace: &str, uid: &str, node_name: &str) {
-    let Some(obj) = object.as_object_mut() else { return };
+    let Some(obj) = object.as_object_mut() else {
+        return;
+    };
     let meta = obj.entry("metadata").or_insert_with(|| json!({}));
     if let Some(m) = meta.as_object_mut() {
         m.insert("name".into(), json!(name));
@@ -205,12 +287,15 @@ fn apply_defaults(object: &mut Value, name: &str, namespace: &str, uid: &str, no
             a.insert("kubernetes.io/config.source".into(), json!("file"));
         }
     }
-    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
     spec.insert("nodeName".into(), json!(node_name));
     default_str(spec, "restartPolicy", "Always");
     default_str(spec, "dnsPolicy", "ClusterFirst");
     default_str(spec, "schedulerName", "default-scheduler");
-    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    spec.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
     spec.entry("securityContext").or_insert(json!({}));
     spec.entry("enableServiceLinks").or_insert(json!(true));
     spec.entry("priority").or_insert(json!(0));
@@ -224,7 +309,11 @@ fn apply_defaults(object: &mut Value, name: &str, namespace: &str, uid: &str, no
     }
     if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-            let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             default_str(c, "imagePullPolicy", default_pull_policy(&image));
             default_str(c, "terminationMessagePath", "/dev/termination-log");
             default_str(c, "terminationMessagePolicy", "File");
@@ -260,18 +349,32 @@ fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
 
 fn yaml_to_json(y: &yaml_rust2::Yaml, path: &str) -> Result<Value, String> {
     use yaml_rust2::Yaml;
-    let at = |p: &str| if p.is_empty() { "<document>".to_string() } else { p.to_string() };
+    let at = |p: &str| {
+        if p.is_empty() {
+            "<document>".to_string()
+        } else {
+            p.to_string()
+        }
+    };
     Ok(match y {
         Yaml::Null => Value::Null,
         Yaml::Boolean(b) => Value::Bool(*b),
         Yaml::Integer(i) => json!(i),
         Yaml::Real(r) => {
-            let f: f64 = r.parse().map_err(|_| format!("{}: invalid number {:?}", at(path), r))?;
-            serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("{}: number {:?} is not finite", at(path), r))?
+            let f: f64 = r
+                .parse()
+                .map_err(|_| format!("{}: invalid number {:?}", at(path), r))?;
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| format!("{}: number {:?} is not finite", at(path), r))?
         }
         Yaml::String(s) => Value::String(s.clone()),
         Yaml::Array(items) => Value::Array(
-            items.iter().enumerate().map(|(i, v)| yaml_to_json(v, &format!("{}[{}]", path, i))).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| yaml_to_json(v, &format!("{}[{}]", path, i)))
+                .collect::<Result<_, _>>()?,
         ),
         Yaml::Hash(h) => {
             let mut m = Map::new();
@@ -280,9 +383,19 @@ fn yaml_to_json(y: &yaml_rust2::Yaml, path: &str) -> Result<Value, String> {
                     Yaml::String(s) => s.clone(),
                     Yaml::Integer(i) => i.to_string(),
                     Yaml::Boolean(b) => b.to_string(),
-                    other => return Err(format!("{}: mapping keys must be strings, found {:?}", at(path), other)),
+                    other => {
+                        return Err(format!(
+                            "{}: mapping keys must be strings, found {:?}",
+                            at(path),
+                            other
+                        ))
+                    }
                 };
-                let child = if path.is_empty() { key.clone() } else { format!("{}.{}", path, key) };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{}", path, key)
+                };
                 m.insert(key, yaml_to_json(v, &child)?);
             }
             Value::Object(m)
@@ -314,7 +427,10 @@ mod tests {
         assert_eq!(pod.meta.annotations["kubernetes.io/config.hash"], pod.uid);
         assert_eq!(pod.meta.annotations["kubernetes.io/config.source"], "file");
         assert_eq!(pod.object["spec"]["nodeName"], "node1");
-        assert_eq!(pod.object["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod.object["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(pod.spec.restart_policy.as_deref(), Some("Always"));
         // Same content -> same UID; a formatting-only change keeps it; a real change does not.
         let again = parse(&format!("# comment\n{}", GOOD));
@@ -328,25 +444,54 @@ mod tests {
 
     #[test]
     fn several_documents_independent_errors() {
-        let text = format!("{}---\n{}---\n", GOOD.replace("name: web", "name: a"), GOOD.replace("image: busybox:1.36", "image: ''"));
+        let text = format!(
+            "{}---\n{}---\n",
+            GOOD.replace("name: web", "name: a"),
+            GOOD.replace("image: busybox:1.36", "image: ''")
+        );
         let pods = parse(&text);
         assert_eq!(pods.len(), 2);
         assert!(pods[0].is_ok());
         let e = pods[1].as_ref().unwrap_err();
         assert_eq!(e.document, Some(1));
-        assert!(e.to_string().contains("spec.containers[0].image: Required value"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("spec.containers[0].image: Required value"),
+            "{e}"
+        );
         assert!(e.to_string().contains("web.yaml"), "{e}");
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("kind: Pod", "kind: Deployment"), "kind: Unsupported value"),
-            (GOOD.replace("name: web", "name: Web_1"), "metadata.name: Invalid value"),
-            (GOOD.replace("command: [sleep, '3600']", "command: 5"), "spec.containers[0].command"),
-            (GOOD.replace("    image: busybox:1.36\n", "    image: busybox:1.36\n    resources: {limits: {memory: lots}}\n"), "spec.containers[0].resources.limits.memory"),
-            (GOOD.replace("spec:\n", "spec:\n  restartPolicy: Sometimes\n"), "spec.restartPolicy: Unsupported value"),
-            ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n".to_string(), "spec: Required value"),
+            (
+                GOOD.replace("kind: Pod", "kind: Deployment"),
+                "kind: Unsupported value",
+            ),
+            (
+                GOOD.replace("name: web", "name: Web_1"),
+                "metadata.name: Invalid value",
+            ),
+            (
+                GOOD.replace("command: [sleep, '3600']", "command: 5"),
+                "spec.containers[0].command",
+            ),
+            (
+                GOOD.replace(
+                    "    image: busybox:1.36\n",
+                    "    image: busybox:1.36\n    resources: {limits: {memory: lots}}\n",
+                ),
+                "spec.containers[0].resources.limits.memory",
+            ),
+            (
+                GOOD.replace("spec:\n", "spec:\n  restartPolicy: Sometimes\n"),
+                "spec.restartPolicy: Unsupported value",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n".to_string(),
+                "spec: Required value",
+            ),
             ("key: [unclosed\n".to_string(), "YAML syntax"),
         ];
         for (text, want) in cases {
@@ -362,7 +507,10 @@ mod tests {
         let pods = parse_manifest(Path::new("/m/p.json"), text, "n");
         let p = pods[0].as_ref().unwrap();
         assert_eq!(p.full_name(), "kube-system/j-n");
-        assert_eq!(p.object["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            p.object["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
     }
 
     #[test]
@@ -370,7 +518,10 @@ mod tests {
         assert_eq!(default_pull_policy("busybox"), "Always");
         assert_eq!(default_pull_policy("busybox:latest"), "Always");
         assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
-        assert_eq!(default_pull_policy("localhost:5000/busybox:1"), "IfNotPresent");
+        assert_eq!(
+            default_pull_policy("localhost:5000/busybox:1"),
+            "IfNotPresent"
+        );
         assert_eq!(default_pull_policy("busybox@sha256:abcd"), "IfNotPresent");
     }
 }

@@ -71,20 +71,34 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
     let mut queued: BTreeMap<String, DesiredPod> = BTreeMap::new();
 
     // Pods on disk that no source wants any more (removed while the agent was down): terminate them.
-    let wanted: std::collections::HashSet<String> = first.pods.iter().map(|p| p.uid.clone()).collect();
+    let wanted: std::collections::HashSet<String> =
+        first.pods.iter().map(|p| p.uid.clone()).collect();
     for stored in store::list_pods(&config.root_dir) {
         if wanted.contains(&stored.uid) {
             continue;
         }
         match DesiredPod::from_stored(stored.record.object.clone(), stored.record.source.clone()) {
             Ok(pod) => {
-                log::info!("pod {}: no longer in any manifest; removing it", pod.full_name());
+                log::info!(
+                    "pod {}: no longer in any manifest; removing it",
+                    pod.full_name()
+                );
                 let uid = pod.uid.clone();
                 let h = spawn_worker(&ctx, pod, &tx)?;
                 let _ = h.tx.send(WorkerMsg::Terminate);
-                workers.insert(uid, WorkerHandle { terminating: true, ..h });
+                workers.insert(
+                    uid,
+                    WorkerHandle {
+                        terminating: true,
+                        ..h
+                    },
+                );
             }
-            Err(e) => log::error!("pod directory {}: unreadable pod record ({}); leaving it for inspection", stored.dir.display(), e),
+            Err(e) => log::error!(
+                "pod directory {}: unreadable pod record ({}); leaving it for inspection",
+                stored.dir.display(),
+                e
+            ),
         }
     }
     collect_orphan_bundles(&ctx, &config);
@@ -92,7 +106,9 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
 
     for event in rx {
         match event {
-            Event::Desired(set) => apply_desired(&ctx, set, &config, &tx, &mut workers, &mut queued)?,
+            Event::Desired(set) => {
+                apply_desired(&ctx, set, &config, &tx, &mut workers, &mut queued)?
+            }
             Event::Terminated(uid) => {
                 if let Some(h) = workers.remove(&uid) {
                     if let Some(pod) = queued.remove(&h.full_name) {
@@ -107,15 +123,27 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_desired(ctx: &Arc<Context>, set: DesiredSet, config: &Config, tx: &Sender<Event>, workers: &mut HashMap<String, WorkerHandle>, queued: &mut BTreeMap<String, DesiredPod>) -> Result<(), String> {
+fn apply_desired(
+    ctx: &Arc<Context>,
+    set: DesiredSet,
+    config: &Config,
+    tx: &Sender<Event>,
+    workers: &mut HashMap<String, WorkerHandle>,
+    queued: &mut BTreeMap<String, DesiredPod>,
+) -> Result<(), String> {
     let errors: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
-    if let Err(e) = fsutil::write_json_atomic(&config.root_dir.join("manifest-errors.json"), &errors) {
+    if let Err(e) =
+        fsutil::write_json_atomic(&config.root_dir.join("manifest-errors.json"), &errors)
+    {
         log::error!("saving manifest errors: {}", e);
     }
     let wanted: std::collections::HashSet<&str> = set.pods.iter().map(|p| p.uid.as_str()).collect();
     for (uid, h) in workers.iter_mut() {
         if !h.terminating && !wanted.contains(uid.as_str()) {
-            log::info!("pod {}: removed from its manifest; terminating", h.full_name);
+            log::info!(
+                "pod {}: removed from its manifest; terminating",
+                h.full_name
+            );
             h.terminating = true;
             let _ = h.tx.send(WorkerMsg::Terminate);
         }
@@ -137,7 +165,11 @@ fn apply_desired(ctx: &Arc<Context>, set: DesiredSet, config: &Config, tx: &Send
     Ok(())
 }
 
-fn spawn_worker(ctx: &Arc<Context>, pod: DesiredPod, tx: &Sender<Event>) -> Result<WorkerHandle, String> {
+fn spawn_worker(
+    ctx: &Arc<Context>,
+    pod: DesiredPod,
+    tx: &Sender<Event>,
+) -> Result<WorkerHandle, String> {
     let (wtx, wrx) = channel();
     let full_name = pod.full_name();
     let worker = PodWorker::new(ctx.clone(), pod);
@@ -147,7 +179,11 @@ fn spawn_worker(ctx: &Arc<Context>, pod: DesiredPod, tx: &Sender<Event>) -> Resu
         .stack_size(256 * 1024)
         .spawn(move || worker.run(wrx, done))
         .map_err(|e| format!("starting worker for {}: {}", full_name, e))?;
-    Ok(WorkerHandle { tx: wtx, full_name, terminating: false })
+    Ok(WorkerHandle {
+        tx: wtx,
+        full_name,
+        terminating: false,
+    })
 }
 
 /// Bundles no container record points at (an agent killed between creating a bundle and saving

@@ -53,26 +53,62 @@ impl PodWorker {
         let dir = ctx.runtime.pod_dir(&pod.uid);
         let record = match store::load_pod(&dir) {
             Ok(Some(r)) => r,
-            Ok(None) => PodRecord { version: store::VERSION, object: pod.object.clone(), source: pod.source.clone(), start_time: None },
+            Ok(None) => PodRecord {
+                version: store::VERSION,
+                object: pod.object.clone(),
+                source: pod.source.clone(),
+                start_time: None,
+            },
             Err(e) => {
                 log::error!("pod {}: {}; starting it afresh", pod.full_name(), e);
-                PodRecord { version: store::VERSION, object: pod.object.clone(), source: pod.source.clone(), start_time: None }
+                PodRecord {
+                    version: store::VERSION,
+                    object: pod.object.clone(),
+                    source: pod.source.clone(),
+                    start_time: None,
+                }
             }
         };
         let containers: Vec<ContainerRecord> = pod
             .spec
             .containers
             .iter()
-            .map(|c| store::load_container(&dir, &c.name).unwrap_or_else(|| ContainerRecord { version: store::VERSION, name: c.name.clone(), ..Default::default() }))
+            .map(|c| {
+                store::load_container(&dir, &c.name).unwrap_or_else(|| ContainerRecord {
+                    version: store::VERSION,
+                    name: c.name.clone(),
+                    ..Default::default()
+                })
+            })
             .collect();
         let published = store::load_status(&dir);
         let n = containers.len();
-        PodWorker { ctx, pod, dir, record, containers, retry: vec![None; n], sandbox: None, sandbox_error: None, sandbox_retry_at: 0.0, published }
+        PodWorker {
+            ctx,
+            pod,
+            dir,
+            record,
+            containers,
+            retry: vec![None; n],
+            sandbox: None,
+            sandbox_error: None,
+            sandbox_retry_at: 0.0,
+            published,
+        }
     }
 
     pub fn run(mut self, rx: Receiver<WorkerMsg>, done: Sender<Event>) {
         let adopted = self.containers.iter().any(|c| c.current.is_some());
-        log::info!("pod {}: {} (uid {})", self.pod.full_name(), if adopted { "adopting running pod" } else { "syncing" }, self.pod.uid);
+        log::info!(
+            "pod {}: {} (uid {})",
+            self.pod.full_name(),
+            if adopted {
+                "adopting running pod"
+            } else {
+                "syncing"
+            },
+            self.pod.uid
+        );
         // A message that is already waiting (a pod removed while the agent was down) wins over a sync.
         let mut wait = Duration::ZERO;
         loop {
@@ -95,7 +131,9 @@ impl PodWorker {
         if self.record.start_time.is_none() {
             self.record.start_time = Some(ts(now()));
         }
-        if let Err(e) = fsutil::ensure_dir(&self.dir).and_then(|_| store::save_pod(&self.dir, &self.record)) {
+        if let Err(e) =
+            fsutil::ensure_dir(&self.dir).and_then(|_| store::save_pod(&self.dir, &self.record))
+        {
             log::error!("pod {}: saving pod record: {}", self.pod.full_name(), e);
         }
         if self.sandbox.is_none() && now() >= self.sandbox_retry_at {
@@ -113,10 +151,19 @@ impl PodWorker {
         let result = (|| -> Result<sandbox::Sandbox, String> {
             fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
             let limits = pod_limits(&self.pod.spec);
-            self.ctx.runtime.cgroups.create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits).map_err(|e| format!("creating pod cgroup: {}", e))?;
-            let opts = sandbox::SandboxOptions { host_network: self.pod.spec.host_network, host_ipc: self.pod.spec.host_ipc };
-            let sb = sandbox::ensure(&self.dir, &self.hostname(), opts).map_err(|e| format!("creating pod sandbox: {}", e))?;
-            self.write_etc_files().map_err(|e| format!("writing /etc files: {}", e))?;
+            self.ctx
+                .runtime
+                .cgroups
+                .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
+                .map_err(|e| format!("creating pod cgroup: {}", e))?;
+            let opts = sandbox::SandboxOptions {
+                host_network: self.pod.spec.host_network,
+                host_ipc: self.pod.spec.host_ipc,
+            };
+            let sb = sandbox::ensure(&self.dir, &self.hostname(), opts)
+                .map_err(|e| format!("creating pod sandbox: {}", e))?;
+            self.write_etc_files()
+                .map_err(|e| format!("writing /etc files: {}", e))?;
             Ok(sb)
         })();
         match result {
@@ -134,8 +181,17 @@ impl PodWorker {
 
     /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
     fn hostname(&self) -> String {
-        let h = self.pod.spec.hostname.clone().unwrap_or_else(|| self.pod.name.clone());
-        h.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+        let h = self
+            .pod
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.pod.name.clone());
+        h.chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string()
     }
 
     fn write_etc_files(&self) -> std::io::Result<()> {
@@ -150,14 +206,23 @@ impl PodWorker {
             )
         };
         fsutil::write_atomic(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
-        fsutil::write_atomic(&etc.join("hostname"), format!("{}\n", self.hostname()).as_bytes(), 0o644)?;
+        fsutil::write_atomic(
+            &etc.join("hostname"),
+            format!("{}\n", self.hostname()).as_bytes(),
+            0o644,
+        )?;
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         fsutil::write_atomic(&etc.join("resolv.conf"), &resolv, 0o644)
     }
 
     fn save(&self, i: usize) {
         if let Err(e) = store::save_container(&self.dir, &self.containers[i]) {
-            log::error!("pod {}: saving container record {}: {}", self.pod.full_name(), self.containers[i].name, e);
+            log::error!(
+                "pod {}: saving container record {}: {}",
+                self.pod.full_name(),
+                self.containers[i].name,
+                e
+            );
         }
     }
 
@@ -167,9 +232,17 @@ impl PodWorker {
                 Observed::Starting => {}
                 Observed::Running(s) => {
                     if att.started_at.is_none() {
-                        log::info!("pod {}: container {} started (id {})", self.pod.full_name(), self.containers[i].name, short(&att.id));
+                        log::info!(
+                            "pod {}: container {} started (id {})",
+                            self.pod.full_name(),
+                            self.containers[i].name,
+                            short(&att.id)
+                        );
                         let rec = &mut self.containers[i];
-                        rec.current = Some(Attempt { id: att.id, started_at: Some(s.started_at) });
+                        rec.current = Some(Attempt {
+                            id: att.id,
+                            started_at: Some(s.started_at),
+                        });
                         rec.waiting = None;
                         self.save(i);
                     }
@@ -226,15 +299,27 @@ impl PodWorker {
             name,
             term.exit_code,
             term.reason.as_deref().unwrap_or(""),
-            term.message.as_deref().map(|m| format!(": {}", m)).unwrap_or_default()
+            term.message
+                .as_deref()
+                .map(|m| format!(": {}", m))
+                .unwrap_or_default()
         );
         if let Err(e) = self.ctx.runtime.remove(&att.id) {
-            log::error!("pod {}: removing container {} ({}): {}", self.pod.full_name(), name, short(&att.id), e);
+            log::error!(
+                "pod {}: removing container {} ({}): {}",
+                self.pod.full_name(),
+                name,
+                short(&att.id),
+                e
+            );
         }
         let policy = self.pod.spec.restart_policy.as_deref().unwrap_or("Always");
         let restart = policy == "Always" || (policy == "OnFailure" && term.exit_code != 0);
         let backoff_policy = self.ctx.backoff;
-        let label = format!("container={} pod={}_{}({})", name, self.pod.name, self.pod.namespace, self.pod.uid);
+        let label = format!(
+            "container={} pod={}_{}({})",
+            name, self.pod.name, self.pod.namespace, self.pod.uid
+        );
         let rec = &mut self.containers[i];
         rec.current = None;
         if restart {
@@ -242,8 +327,18 @@ impl PodWorker {
             match Backoff::restart_at(rec.backoff, &backoff_policy, finished) {
                 Some(at) if at > now() => {
                     rec.not_before = Some(at);
-                    let delay = rec.backoff.map(|b| b.delay).unwrap_or(backoff_policy.initial);
-                    rec.waiting = Some(StateWaiting { reason: Some("CrashLoopBackOff".into()), message: Some(format!("back-off {} restarting failed {}", go_duration(delay), label)) });
+                    let delay = rec
+                        .backoff
+                        .map(|b| b.delay)
+                        .unwrap_or(backoff_policy.initial);
+                    rec.waiting = Some(StateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: Some(format!(
+                            "back-off {} restarting failed {}",
+                            go_duration(delay),
+                            label
+                        )),
+                    });
                 }
                 _ => {
                     rec.not_before = None;
@@ -260,19 +355,31 @@ impl PodWorker {
     /// Pod fields the downward API exposes to environment variables.
     fn field(&self, path: &str) -> Option<String> {
         let host_ip = self.ctx.host_ip.clone().unwrap_or_default();
-        let pod_ip = if self.pod.spec.host_network { host_ip.clone() } else { String::new() };
+        let pod_ip = if self.pod.spec.host_network {
+            host_ip.clone()
+        } else {
+            String::new()
+        };
         let from_map = |prefix: &str, map: &std::collections::BTreeMap<String, String>| {
-            path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(|k| map.get(k).cloned().unwrap_or_default())
+            path.strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix("']"))
+                .map(|k| map.get(k).cloned().unwrap_or_default())
         };
         Some(match path {
             "metadata.name" => self.pod.name.clone(),
             "metadata.namespace" => self.pod.namespace.clone(),
             "metadata.uid" => self.pod.uid.clone(),
             "spec.nodeName" => self.ctx.node_name.clone(),
-            "spec.serviceAccountName" => self.pod.object["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string(),
+            "spec.serviceAccountName" => self.pod.object["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
             "status.hostIP" | "status.hostIPs" => host_ip,
             "status.podIP" | "status.podIPs" => pod_ip,
-            _ => return from_map("metadata.labels['", &self.pod.meta.labels).or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations)),
+            _ => {
+                return from_map("metadata.labels['", &self.pod.meta.labels)
+                    .or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations))
+            }
         })
     }
 
@@ -282,45 +389,103 @@ impl PodWorker {
         let entry = Backoff::next(self.retry[i], &self.ctx.backoff, at);
         self.retry[i] = Some(entry);
         let rec = &mut self.containers[i];
-        let changed = rec.waiting.as_ref().and_then(|w| w.message.as_deref()) != Some(message.as_str());
+        let changed =
+            rec.waiting.as_ref().and_then(|w| w.message.as_deref()) != Some(message.as_str());
         if changed {
-            log::warn!("pod {}: container {}: {}: {}", self.pod.full_name(), rec.name, reason, message);
+            log::warn!(
+                "pod {}: container {}: {}: {}",
+                self.pod.full_name(),
+                rec.name,
+                reason,
+                message
+            );
         }
-        rec.waiting = Some(StateWaiting { reason: Some(reason.into()), message: Some(message) });
+        rec.waiting = Some(StateWaiting {
+            reason: Some(reason.into()),
+            message: Some(message),
+        });
         rec.not_before = Some(at + entry.delay);
         self.save(i);
     }
 
     fn start_container(&mut self, i: usize) {
         let c = self.pod.spec.containers[i].clone();
-        let pull_policy = c.image_pull_policy.clone().unwrap_or_else(|| super::manifest::default_pull_policy(&c.image).into());
+        let pull_policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| super::manifest::default_pull_policy(&c.image).into());
         let image = match self.ctx.images.resolve(&c.image) {
             Ok(Some(img)) => img,
             Ok(None) if pull_policy == "Never" => {
-                return self.wait_and_retry(i, "ErrImageNeverPull", format!("Container image {:?} is not present with pull policy of Never", c.image));
+                return self.wait_and_retry(
+                    i,
+                    "ErrImageNeverPull",
+                    format!(
+                        "Container image {:?} is not present with pull policy of Never",
+                        c.image
+                    ),
+                );
             }
             Ok(None) => {
-                let reason = if self.containers[i].waiting.as_ref().and_then(|w| w.reason.as_deref()).is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff") { "ImagePullBackOff" } else { "ErrImagePull" };
+                let reason = if self.containers[i]
+                    .waiting
+                    .as_ref()
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+                {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
                 return self.wait_and_retry(i, reason, format!("image {:?} is not in the local image store (import it with `tinylet image import`); registry pulls are not supported yet", c.image));
             }
             Err(e) if matches!(e, crate::image::ImageError::InvalidReference { .. }) => {
-                return self.wait_and_retry(i, "InvalidImageName", format!("Failed to apply default image tag {:?}: {}", c.image, e));
+                return self.wait_and_retry(
+                    i,
+                    "InvalidImageName",
+                    format!("Failed to apply default image tag {:?}: {}", c.image, e),
+                );
             }
             Err(e) => return self.wait_and_retry(i, "ErrImagePull", e.to_string()),
         };
-        let Some(sb) = self.sandbox.clone() else { return };
+        let Some(sb) = self.sandbox.clone() else {
+            return;
+        };
         let spec = match self.container_spec(&c, &image, &sb) {
             Ok(s) => s,
             Err(e) => return self.wait_and_retry(i, "CreateContainerError", e),
         };
         let rec = &self.containers[i];
-        let restart_count = if rec.started_once { rec.restart_count + 1 } else { 0 };
+        let restart_count = if rec.started_once {
+            rec.restart_count + 1
+        } else {
+            0
+        };
         let id = match fsutil::random_hex(32) {
             Ok(id) => id,
-            Err(e) => return self.wait_and_retry(i, "CreateContainerError", format!("generating a container id: {}", e)),
+            Err(e) => {
+                return self.wait_and_retry(
+                    i,
+                    "CreateContainerError",
+                    format!("generating a container id: {}", e),
+                )
+            }
         };
-        let log_path = self.ctx.pod_log_dir.join(format!("{}_{}_{}", self.pod.namespace, self.pod.name, self.pod.uid)).join(&c.name).join(format!("{}.log", restart_count));
-        let req = StartRequest { pod_uid: &self.pod.uid, snapshot: &image.rootfs, spec: &spec, log_path: &log_path };
+        let log_path = self
+            .ctx
+            .pod_log_dir
+            .join(format!(
+                "{}_{}_{}",
+                self.pod.namespace, self.pod.name, self.pod.uid
+            ))
+            .join(&c.name)
+            .join(format!("{}.log", restart_count));
+        let req = StartRequest {
+            pod_uid: &self.pod.uid,
+            snapshot: &image.rootfs,
+            spec: &spec,
+            log_path: &log_path,
+        };
         if let Err(e) = self.ctx.runtime.start(&id, &req) {
             return self.wait_and_retry(i, "CreateContainerError", e);
         }
@@ -328,29 +493,58 @@ impl PodWorker {
         self.retry[i] = None;
         let rec = &mut self.containers[i];
         if rec.started_once {
-            let finished = rec.last_terminated.as_ref().and_then(|t| t.finished_at.as_deref()).and_then(clock::parse_rfc3339).map(|d| d.as_secs_f64()).unwrap_or_else(now);
+            let finished = rec
+                .last_terminated
+                .as_ref()
+                .and_then(|t| t.finished_at.as_deref())
+                .and_then(clock::parse_rfc3339)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_else(now);
             rec.backoff = Some(Backoff::next(rec.backoff, &backoff_policy, finished));
         }
         rec.restart_count = restart_count;
         rec.started_once = true;
-        rec.current = Some(Attempt { id: id.clone(), started_at: None });
+        rec.current = Some(Attempt {
+            id: id.clone(),
+            started_at: None,
+        });
         rec.waiting = None;
         rec.not_before = None;
         rec.image = image.name.clone();
         rec.image_id = image.repo_digest.clone();
-        log::info!("pod {}: container {} created (id {}, restart {})", self.pod.full_name(), c.name, short(&id), restart_count);
+        log::info!(
+            "pod {}: container {} created (id {}, restart {})",
+            self.pod.full_name(),
+            c.name,
+            short(&id),
+            restart_count
+        );
         self.save(i);
     }
 
-    fn container_spec(&self, c: &Container, image: &crate::image::Image, sb: &sandbox::Sandbox) -> Result<serde_json::Value, String> {
+    fn container_spec(
+        &self,
+        c: &Container,
+        image: &crate::image::Image,
+        sb: &sandbox::Sandbox,
+    ) -> Result<serde_json::Value, String> {
         let field = |p: &str| self.field(p);
         let (env, vars) = env::environment(&image.config, c, &field)?;
         let args = env::process_args(&image.config, c, &vars)?;
         let (uid, gid) = env::user(&image.config, c, &image.rootfs)?;
-        let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| m.get(k).and_then(quantity::value_to_string);
-        let memory_limit = q(&c.resources.limits, "memory").map(|s| quantity::parse_units(&s)).transpose()?;
-        let cpu_limit = q(&c.resources.limits, "cpu").map(|s| quantity::parse_millis(&s)).transpose()?;
-        let cpu_request = q(&c.resources.requests, "cpu").map(|s| quantity::parse_millis(&s)).transpose()?.or(cpu_limit);
+        let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
+            m.get(k).and_then(quantity::value_to_string)
+        };
+        let memory_limit = q(&c.resources.limits, "memory")
+            .map(|s| quantity::parse_units(&s))
+            .transpose()?;
+        let cpu_limit = q(&c.resources.limits, "cpu")
+            .map(|s| quantity::parse_millis(&s))
+            .transpose()?;
+        let cpu_request = q(&c.resources.requests, "cpu")
+            .map(|s| quantity::parse_millis(&s))
+            .transpose()?
+            .or(cpu_limit);
         let hostname = self.hostname();
         let input = spec::SpecInput {
             container: c,
@@ -370,7 +564,10 @@ impl PodWorker {
             cpu_request_millis: cpu_request,
             annotations: vec![
                 ("io.kubernetes.pod.name".into(), self.pod.name.clone()),
-                ("io.kubernetes.pod.namespace".into(), self.pod.namespace.clone()),
+                (
+                    "io.kubernetes.pod.namespace".into(),
+                    self.pod.namespace.clone(),
+                ),
                 ("io.kubernetes.pod.uid".into(), self.pod.uid.clone()),
                 ("io.kubernetes.container.name".into(), c.name.clone()),
             ],
@@ -381,13 +578,20 @@ impl PodWorker {
     fn container_status(&self, i: usize) -> ContainerStatus {
         let c = &self.pod.spec.containers[i];
         let rec = &self.containers[i];
-        let creating = || StateWaiting { reason: Some("ContainerCreating".into()), message: None };
+        let creating = || StateWaiting {
+            reason: Some("ContainerCreating".into()),
+            message: None,
+        };
         let mut state = ContainerState::default();
         let mut container_id = None;
         if let Some(att) = &rec.current {
             container_id = Some(format!("runc://{}", att.id));
             match &att.started_at {
-                Some(t) => state.running = Some(StateRunning { started_at: t.clone() }),
+                Some(t) => {
+                    state.running = Some(StateRunning {
+                        started_at: t.clone(),
+                    })
+                }
                 None => state.waiting = Some(creating()),
             }
         } else if let Some(f) = &rec.final_state {
@@ -400,10 +604,17 @@ impl PodWorker {
         ContainerStatus {
             name: c.name.clone(),
             state,
-            last_state: ContainerState { terminated: rec.last_terminated.clone(), ..Default::default() },
+            last_state: ContainerState {
+                terminated: rec.last_terminated.clone(),
+                ..Default::default()
+            },
             ready: running,
             restart_count: rec.restart_count,
-            image: if rec.image.is_empty() { c.image.clone() } else { rec.image.clone() },
+            image: if rec.image.is_empty() {
+                c.image.clone()
+            } else {
+                rec.image.clone()
+            },
             image_id: rec.image_id.clone(),
             container_id,
             started: Some(running),
@@ -411,18 +622,38 @@ impl PodWorker {
     }
 
     fn publish(&mut self) {
-        let statuses: Vec<ContainerStatus> = (0..self.containers.len()).map(|i| self.container_status(i)).collect();
+        let statuses: Vec<ContainerStatus> = (0..self.containers.len())
+            .map(|i| self.container_status(i))
+            .collect();
         let phase = status::phase(&self.pod.spec, &statuses);
-        let previous = self.published.as_ref().map(|p| p.conditions.clone()).unwrap_or_default();
-        let conditions = status::conditions(&self.pod.spec, &statuses, phase, self.sandbox.is_some(), &previous, &ts(now()));
+        let previous = self
+            .published
+            .as_ref()
+            .map(|p| p.conditions.clone())
+            .unwrap_or_default();
+        let conditions = status::conditions(
+            &self.pod.spec,
+            &statuses,
+            phase,
+            self.sandbox.is_some(),
+            &previous,
+            &ts(now()),
+        );
         let host_ip = self.ctx.host_ip.clone();
-        let pod_ip = if self.pod.spec.host_network { host_ip.clone() } else { None };
+        let pod_ip = if self.pod.spec.host_network {
+            host_ip.clone()
+        } else {
+            None
+        };
         let st = PodStatus {
             phase: phase.into(),
             conditions,
             message: self.sandbox_error.clone(),
             reason: None,
-            host_ips: host_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
+            host_ips: host_ip
+                .iter()
+                .map(|ip| IpEntry { ip: ip.clone() })
+                .collect(),
             host_ip,
             pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
             pod_ip,
@@ -465,11 +696,21 @@ impl PodWorker {
 
     fn terminate(&mut self) {
         let name = self.pod.full_name();
-        let grace = self.pod.spec.termination_grace_period_seconds.unwrap_or(30).max(MIN_GRACE_SECS);
+        let grace = self
+            .pod
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(MIN_GRACE_SECS);
         log::info!("pod {}: terminating (grace period {}s)", name, grace);
         let rt = &self.ctx.runtime;
-        let ids: Vec<String> = self.containers.iter().filter_map(|c| c.current.as_ref().map(|a| a.id.clone())).collect();
-        let alive = |id: &String| matches!(rt.observe(id), Observed::Running(_) | Observed::Starting);
+        let ids: Vec<String> = self
+            .containers
+            .iter()
+            .filter_map(|c| c.current.as_ref().map(|a| a.id.clone()))
+            .collect();
+        let alive =
+            |id: &String| matches!(rt.observe(id), Observed::Running(_) | Observed::Starting);
         let wait_all = |deadline: f64| {
             while now() < deadline && ids.iter().any(alive) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -482,7 +723,12 @@ impl PodWorker {
         }
         wait_all(now() + grace as f64);
         for id in ids.iter().filter(|id| alive(id)) {
-            log::info!("pod {}: container {} did not stop within {}s; killing it", name, short(id), grace);
+            log::info!(
+                "pod {}: container {} did not stop within {}s; killing it",
+                name,
+                short(id),
+                grace
+            );
             if let Err(e) = rt.signal(id, "KILL") {
                 log::debug!("pod {}: {}", name, e);
             }
@@ -506,8 +752,13 @@ impl PodWorker {
             rt.remove(id)?;
         }
         sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
-        rt.cgroups.remove(&rt.pod_cgroup(&self.pod.uid)).map_err(|e| e.to_string())?;
-        let logs = self.ctx.pod_log_dir.join(format!("{}_{}_{}", self.pod.namespace, self.pod.name, self.pod.uid));
+        rt.cgroups
+            .remove(&rt.pod_cgroup(&self.pod.uid))
+            .map_err(|e| e.to_string())?;
+        let logs = self.ctx.pod_log_dir.join(format!(
+            "{}_{}_{}",
+            self.pod.namespace, self.pod.name, self.pod.uid
+        ));
         fsutil::remove_dir_all_if_exists(&logs).map_err(|e| e.to_string())?;
         fsutil::remove_dir_all_if_exists(&self.dir).map_err(|e| e.to_string())
     }
@@ -521,16 +772,34 @@ fn short(id: &str) -> &str {
 fn pod_limits(spec: &PodSpec) -> crate::runtime::cgroups::Limits {
     let sum = |res: &str, millis: bool| -> Option<u64> {
         spec.containers.iter().try_fold(0u64, |acc, c| {
-            let s = c.resources.limits.get(res).and_then(quantity::value_to_string)?;
-            let v = if millis { quantity::parse_millis(&s).ok()? } else { quantity::parse_units(&s).ok()? };
+            let s = c
+                .resources
+                .limits
+                .get(res)
+                .and_then(quantity::value_to_string)?;
+            let v = if millis {
+                quantity::parse_millis(&s).ok()?
+            } else {
+                quantity::parse_units(&s).ok()?
+            };
             Some(acc.saturating_add(v))
         })
     };
     let requests: u64 = spec
         .containers
         .iter()
-        .filter_map(|c| c.resources.requests.get("cpu").or_else(|| c.resources.limits.get("cpu")).and_then(quantity::value_to_string))
+        .filter_map(|c| {
+            c.resources
+                .requests
+                .get("cpu")
+                .or_else(|| c.resources.limits.get("cpu"))
+                .and_then(quantity::value_to_string)
+        })
         .filter_map(|s| quantity::parse_millis(&s).ok())
         .sum();
-    crate::runtime::cgroups::Limits { memory_bytes: sum("memory", false), cpu_limit_millis: sum("cpu", true), cpu_request_millis: (requests > 0).then_some(requests) }
+    crate::runtime::cgroups::Limits {
+        memory_bytes: sum("memory", false),
+        cpu_limit_millis: sum("cpu", true),
+        cpu_request_millis: (requests > 0).then_some(requests),
+    }
 }

@@ -31,7 +31,13 @@ pub struct StaticSource {
 
 impl StaticSource {
     pub fn new(dir: &Path, node_name: &str) -> StaticSource {
-        StaticSource { dir: dir.to_path_buf(), node_name: node_name.to_string(), files: BTreeMap::new(), inotify: None, missing_dir_logged: false }
+        StaticSource {
+            dir: dir.to_path_buf(),
+            node_name: node_name.to_string(),
+            files: BTreeMap::new(),
+            inotify: None,
+            missing_dir_logged: false,
+        }
     }
 
     /// Re-reads what changed; returns true when the desired set may differ from before.
@@ -44,7 +50,11 @@ impl StaticSource {
             }
             Err(e) => {
                 if !self.missing_dir_logged {
-                    log::warn!("pod manifest path {}: {}; watching for it to appear", self.dir.display(), e);
+                    log::warn!(
+                        "pod manifest path {}: {}; watching for it to appear",
+                        self.dir.display(),
+                        e
+                    );
                     self.missing_dir_logged = true;
                 }
                 let changed = !self.files.is_empty();
@@ -61,7 +71,9 @@ impl StaticSource {
             }
             let path = entry.path();
             // Follow symlinks, like the kubelet (config management often links manifests in).
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -74,9 +86,17 @@ impl StaticSource {
             let results = match std::fs::read(&path) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(text) => parse_manifest(&path, &text, &self.node_name),
-                    Err(_) => vec![Err(ManifestError { file: path.clone(), document: None, message: "file is not UTF-8 text".into() })],
+                    Err(_) => vec![Err(ManifestError {
+                        file: path.clone(),
+                        document: None,
+                        message: "file is not UTF-8 text".into(),
+                    })],
                 },
-                Err(e) => vec![Err(ManifestError { file: path.clone(), document: None, message: format!("reading: {}", e) })],
+                Err(e) => vec![Err(ManifestError {
+                    file: path.clone(),
+                    document: None,
+                    message: format!("reading: {}", e),
+                })],
             };
             for r in &results {
                 if let Err(e) = r {
@@ -103,7 +123,11 @@ impl StaticSource {
                             set.errors.push(ManifestError {
                                 file: path.clone(),
                                 document: None,
-                                message: format!("pod {} is already defined in {}; ignoring this one", p.full_name(), first.display()),
+                                message: format!(
+                                    "pod {} is already defined in {}; ignoring this one",
+                                    p.full_name(),
+                                    first.display()
+                                ),
                             });
                         } else {
                             names.insert(p.full_name(), path.clone());
@@ -121,7 +145,9 @@ impl StaticSource {
         if self.inotify.is_some() || !self.dir.is_dir() {
             return;
         }
-        let Ok(ino) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else { return };
+        let Ok(ino) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+            return;
+        };
         let mask = AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_MOVED_FROM
@@ -144,7 +170,8 @@ impl StaticSource {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
-        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::NONE);
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32)
+            .unwrap_or(PollTimeout::NONE);
         if let Ok(n) = poll(&mut fds, ms) {
             if n > 0 {
                 let mut dir_gone = false;
@@ -152,7 +179,13 @@ impl StaticSource {
                     if events.is_empty() {
                         break;
                     }
-                    dir_gone |= events.iter().any(|e| e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED));
+                    dir_gone |= events.iter().any(|e| {
+                        e.mask.intersects(
+                            AddWatchFlags::IN_DELETE_SELF
+                                | AddWatchFlags::IN_MOVE_SELF
+                                | AddWatchFlags::IN_IGNORED,
+                        )
+                    });
                 }
                 if dir_gone {
                     self.inotify = None;

@@ -12,7 +12,11 @@ pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus]) -> &'static str {
             Some(s) if s.state.running.is_some() => running += 1,
             Some(s) if s.state.terminated.is_some() => {
                 stopped += 1;
-                if s.state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+                if s.state
+                    .terminated
+                    .as_ref()
+                    .is_some_and(|t| t.exit_code == 0)
+                {
                     succeeded += 1;
                 }
             }
@@ -57,9 +61,22 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
         }
         for res in ["cpu", "memory"] {
             let limit = r.limits.get(res).and_then(quantity::value_to_string);
-            let request = r.requests.get(res).and_then(quantity::value_to_string).or_else(|| limit.clone());
-            let parse = |s: &String| if res == "cpu" { quantity::parse_millis(s).ok() } else { quantity::parse_units(s).ok() };
-            match (limit.as_ref().and_then(parse), request.as_ref().and_then(parse)) {
+            let request = r
+                .requests
+                .get(res)
+                .and_then(quantity::value_to_string)
+                .or_else(|| limit.clone());
+            let parse = |s: &String| {
+                if res == "cpu" {
+                    quantity::parse_millis(s).ok()
+                } else {
+                    quantity::parse_units(s).ok()
+                }
+            };
+            match (
+                limit.as_ref().and_then(parse),
+                request.as_ref().and_then(parse),
+            ) {
                 (Some(l), Some(q)) if l == q => {}
                 _ => guaranteed = false,
             }
@@ -75,7 +92,14 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
 }
 
 /// The five pod conditions. `previous` keeps lastTransitionTime stable while a condition holds.
-pub fn conditions(spec: &PodSpec, statuses: &[ContainerStatus], phase: &str, sandbox_ready: bool, previous: &[PodCondition], now: &str) -> Vec<PodCondition> {
+pub fn conditions(
+    spec: &PodSpec,
+    statuses: &[ContainerStatus],
+    phase: &str,
+    sandbox_ready: bool,
+    previous: &[PodCondition],
+    now: &str,
+) -> Vec<PodCondition> {
     let unready: Vec<&str> = spec
         .containers
         .iter()
@@ -86,7 +110,13 @@ pub fn conditions(spec: &PodSpec, statuses: &[ContainerStatus], phase: &str, san
         if completed {
             (Some("PodCompleted".to_string()), None)
         } else {
-            (Some("ContainersNotReady".to_string()), Some(format!("containers with unready status: [{}]", unready.join(" "))))
+            (
+                Some("ContainersNotReady".to_string()),
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
+            )
         }
     };
     let completed = phase == "Succeeded" || phase == "Failed";
@@ -99,20 +129,42 @@ pub fn conditions(spec: &PodSpec, statuses: &[ContainerStatus], phase: &str, san
             .map(|p| p.last_transition_time.clone())
             .unwrap_or_else(|| now.to_string());
         let (reason, message) = if ok { (None, None) } else { why };
-        out.push(PodCondition { type_: t.into(), status: status.into(), last_probe_time: None, last_transition_time: since, reason, message });
+        out.push(PodCondition {
+            type_: t.into(),
+            status: status.into(),
+            last_probe_time: None,
+            last_transition_time: since,
+            reason,
+            message,
+        });
     };
-    push("PodReadyToStartContainers", sandbox_ready && !completed, (None, None));
-    let initialized_reason = if completed { (Some("PodCompleted".to_string()), None) } else { (None, None) };
+    push(
+        "PodReadyToStartContainers",
+        sandbox_ready && !completed,
+        (None, None),
+    );
+    let initialized_reason = if completed {
+        (Some("PodCompleted".to_string()), None)
+    } else {
+        (None, None)
+    };
     push("Initialized", true, initialized_reason);
     push("Ready", unready.is_empty(), ready_reason(completed));
-    push("ContainersReady", unready.is_empty(), ready_reason(completed));
+    push(
+        "ContainersReady",
+        unready.is_empty(),
+        ready_reason(completed),
+    );
     push("PodScheduled", true, (None, None));
     out
 }
 
 /// What `kubectl get pods` shows in its STATUS column.
 pub fn display_reason(status: &PodStatus) -> String {
-    let mut reason = status.reason.clone().unwrap_or_else(|| status.phase.clone());
+    let mut reason = status
+        .reason
+        .clone()
+        .unwrap_or_else(|| status.phase.clone());
     for c in status.container_statuses.iter().rev() {
         if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
             if !r.is_empty() {
@@ -139,69 +191,184 @@ mod tests {
 
     fn spec(policy: &str, names: &[&str]) -> PodSpec {
         PodSpec {
-            containers: names.iter().map(|n| Container { name: n.to_string(), image: "i".into(), ..Default::default() }).collect(),
+            containers: names
+                .iter()
+                .map(|n| Container {
+                    name: n.to_string(),
+                    image: "i".into(),
+                    ..Default::default()
+                })
+                .collect(),
             restart_policy: Some(policy.into()),
             ..Default::default()
         }
     }
     fn running(name: &str) -> ContainerStatus {
-        ContainerStatus { name: name.into(), state: ContainerState { running: Some(StateRunning { started_at: "t".into() }), ..Default::default() }, ready: true, ..Default::default() }
+        ContainerStatus {
+            name: name.into(),
+            state: ContainerState {
+                running: Some(StateRunning {
+                    started_at: "t".into(),
+                }),
+                ..Default::default()
+            },
+            ready: true,
+            ..Default::default()
+        }
     }
     fn exited(name: &str, code: i32) -> ContainerStatus {
-        ContainerStatus { name: name.into(), state: ContainerState { terminated: Some(StateTerminated { exit_code: code, ..Default::default() }), ..Default::default() }, ..Default::default() }
+        ContainerStatus {
+            name: name.into(),
+            state: ContainerState {
+                terminated: Some(StateTerminated {
+                    exit_code: code,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
     fn backoff(name: &str) -> ContainerStatus {
         ContainerStatus {
             name: name.into(),
-            state: ContainerState { waiting: Some(StateWaiting { reason: Some("CrashLoopBackOff".into()), message: None }), ..Default::default() },
-            last_state: ContainerState { terminated: Some(StateTerminated { exit_code: 1, ..Default::default() }), ..Default::default() },
+            state: ContainerState {
+                waiting: Some(StateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            },
+            last_state: ContainerState {
+                terminated: Some(StateTerminated {
+                    exit_code: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
     fn creating(name: &str) -> ContainerStatus {
-        ContainerStatus { name: name.into(), state: ContainerState { waiting: Some(StateWaiting { reason: Some("ContainerCreating".into()), message: None }), ..Default::default() }, ..Default::default() }
+        ContainerStatus {
+            name: name.into(),
+            state: ContainerState {
+                waiting: Some(StateWaiting {
+                    reason: Some("ContainerCreating".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     #[test]
     fn phases_follow_the_kubelet() {
         assert_eq!(phase(&spec("Always", &["a"]), &[creating("a")]), "Pending");
-        assert_eq!(phase(&spec("Always", &["a", "b"]), &[running("a"), exited("b", 1)]), "Running");
+        assert_eq!(
+            phase(
+                &spec("Always", &["a", "b"]),
+                &[running("a"), exited("b", 1)]
+            ),
+            "Running"
+        );
         assert_eq!(phase(&spec("Always", &["a"]), &[backoff("a")]), "Running");
-        assert_eq!(phase(&spec("Never", &["a"]), &[exited("a", 0)]), "Succeeded");
-        assert_eq!(phase(&spec("Never", &["a", "b"]), &[exited("a", 0), exited("b", 2)]), "Failed");
-        assert_eq!(phase(&spec("OnFailure", &["a"]), &[exited("a", 0)]), "Succeeded");
-        assert_eq!(phase(&spec("OnFailure", &["a"]), &[backoff("a")]), "Running");
-        assert_eq!(phase(&spec("Always", &["a", "b"]), &[running("a")]), "Pending");
+        assert_eq!(
+            phase(&spec("Never", &["a"]), &[exited("a", 0)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(
+                &spec("Never", &["a", "b"]),
+                &[exited("a", 0), exited("b", 2)]
+            ),
+            "Failed"
+        );
+        assert_eq!(
+            phase(&spec("OnFailure", &["a"]), &[exited("a", 0)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(&spec("OnFailure", &["a"]), &[backoff("a")]),
+            "Running"
+        );
+        assert_eq!(
+            phase(&spec("Always", &["a", "b"]), &[running("a")]),
+            "Pending"
+        );
     }
 
     #[test]
     fn qos_classes() {
         let mut s = spec("Always", &["a"]);
         assert_eq!(qos_class(&s), "BestEffort");
-        s.containers[0].resources.limits = [("cpu".to_string(), serde_json::json!("500m")), ("memory".to_string(), serde_json::json!("64Mi"))].into();
+        s.containers[0].resources.limits = [
+            ("cpu".to_string(), serde_json::json!("500m")),
+            ("memory".to_string(), serde_json::json!("64Mi")),
+        ]
+        .into();
         assert_eq!(qos_class(&s), "Guaranteed");
-        s.containers[0].resources.requests = [("cpu".to_string(), serde_json::json!("100m"))].into();
+        s.containers[0].resources.requests =
+            [("cpu".to_string(), serde_json::json!("100m"))].into();
         assert_eq!(qos_class(&s), "Burstable");
     }
 
     #[test]
     fn conditions_keep_transition_times() {
         let s = spec("Always", &["a", "b"]);
-        let c1 = conditions(&s, &[running("a"), creating("b")], "Pending", true, &[], "T1");
+        let c1 = conditions(
+            &s,
+            &[running("a"), creating("b")],
+            "Pending",
+            true,
+            &[],
+            "T1",
+        );
         let ready = c1.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "False");
-        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [b]"));
-        let c2 = conditions(&s, &[running("a"), running("b")], "Running", true, &c1, "T2");
-        assert_eq!(c2.iter().find(|c| c.type_ == "Ready").unwrap().last_transition_time, "T2");
-        assert_eq!(c2.iter().find(|c| c.type_ == "PodScheduled").unwrap().last_transition_time, "T1");
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("containers with unready status: [b]")
+        );
+        let c2 = conditions(
+            &s,
+            &[running("a"), running("b")],
+            "Running",
+            true,
+            &c1,
+            "T2",
+        );
+        assert_eq!(
+            c2.iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap()
+                .last_transition_time,
+            "T2"
+        );
+        assert_eq!(
+            c2.iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .unwrap()
+                .last_transition_time,
+            "T1"
+        );
         assert_eq!(c2.len(), 5);
     }
 
     #[test]
     fn display_reasons() {
-        let st = PodStatus { phase: "Running".into(), container_statuses: vec![running("a"), backoff("b")], ..Default::default() };
+        let st = PodStatus {
+            phase: "Running".into(),
+            container_statuses: vec![running("a"), backoff("b")],
+            ..Default::default()
+        };
         assert_eq!(display_reason(&st), "CrashLoopBackOff");
-        let st = PodStatus { phase: "Succeeded".into(), container_statuses: vec![exited("a", 0)], ..Default::default() };
+        let st = PodStatus {
+            phase: "Succeeded".into(),
+            container_statuses: vec![exited("a", 0)],
+            ..Default::default()
+        };
         assert_eq!(display_reason(&st), "ExitCode:0");
     }
 }

@@ -89,7 +89,9 @@ pub fn save_container(dir: &Path, rec: &ContainerRecord) -> std::io::Result<()> 
 }
 
 pub fn load_container(dir: &Path, name: &str) -> Option<ContainerRecord> {
-    match fsutil::read_json::<ContainerRecord>(&dir.join("containers").join(format!("{}.json", name))) {
+    match fsutil::read_json::<ContainerRecord>(
+        &dir.join("containers").join(format!("{}.json", name)),
+    ) {
         Ok(r) => r,
         Err(e) => {
             log::error!("ignoring unreadable container record: {}", e);
@@ -108,21 +110,43 @@ pub struct StoredPod {
 
 pub fn list_pods(root: &Path) -> Vec<StoredPod> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pods_dir(root)) else { return out };
+    let Ok(entries) = std::fs::read_dir(pods_dir(root)) else {
+        return out;
+    };
     for e in entries.flatten() {
         let dir = e.path();
         let uid = e.file_name().to_string_lossy().to_string();
         match load_pod(&dir) {
             Ok(Some(record)) => {
                 let status = load_status(&dir);
-                out.push(StoredPod { uid, dir, record, status });
+                out.push(StoredPod {
+                    uid,
+                    dir,
+                    record,
+                    status,
+                });
             }
             Ok(None) => {}
-            Err(e) => log::error!("pod directory {} has an unreadable pod.json: {}", dir.display(), e),
+            Err(e) => log::error!(
+                "pod directory {} has an unreadable pod.json: {}",
+                dir.display(),
+                e
+            ),
         }
     }
     out.sort_by(|a, b| {
-        let key = |p: &StoredPod| (p.record.object["metadata"]["namespace"].as_str().unwrap_or("").to_string(), p.record.object["metadata"]["name"].as_str().unwrap_or("").to_string());
+        let key = |p: &StoredPod| {
+            (
+                p.record.object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                p.record.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        };
         key(a).cmp(&key(b))
     });
     out

@@ -7,9 +7,29 @@ use std::path::{Path, PathBuf};
 
 /// v1 controllers tinylet creates pod cgroups in (cpuset is left to runc, which fills in
 /// cpus/mems for the parents it creates).
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices"];
-/// Every hierarchy a pod cgroup may appear in, for removal.
-const V1_ALL: &[&str] = &["memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices", "cpuset", "hugetlb", "net_cls", "net_prio", "perf_event", "systemd", "rdma", "misc"];
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices",
+];
+/// Every hierarchy a pod cgroup may appear in, for removal. "unified" is the cgroup2 mount of a
+/// hybrid host, where runc also creates the container's cgroups (and so their parents).
+const V1_ALL: &[&str] = &[
+    "memory",
+    "cpu",
+    "cpuacct",
+    "pids",
+    "blkio",
+    "freezer",
+    "devices",
+    "cpuset",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "systemd",
+    "rdma",
+    "misc",
+    "unified",
+];
 
 const CFS_PERIOD_US: u64 = 100_000;
 
@@ -44,7 +64,12 @@ impl Hierarchy {
     fn dirs(&self, cgroup: &str, controllers: &[&str]) -> Vec<PathBuf> {
         let rel = cgroup.trim_start_matches('/');
         match self {
-            Hierarchy::V1 { base } => controllers.iter().map(|c| base.join(c)).filter(|d| d.is_dir()).map(|d| d.join(rel)).collect(),
+            Hierarchy::V1 { base } => controllers
+                .iter()
+                .map(|c| base.join(c))
+                .filter(|d| d.is_dir())
+                .map(|d| d.join(rel))
+                .collect(),
             Hierarchy::V2 { mount } => vec![mount.join(rel)],
         }
     }
@@ -60,7 +85,8 @@ impl Hierarchy {
         for (file, value) in self.limit_files(limits) {
             for dir in self.dirs(cgroup, &[file.0]) {
                 let path = dir.join(file.1);
-                fs::write(&path, &value).map_err(|e| ctx(e, &format!("writing {:?} to", value), &path))?;
+                fs::write(&path, &value)
+                    .map_err(|e| ctx(e, &format!("writing {:?} to", value), &path))?;
             }
         }
         Ok(())
@@ -87,10 +113,16 @@ impl Hierarchy {
                     out.push((("", "memory.max"), m.to_string()));
                 }
                 if let Some(c) = l.cpu_limit_millis {
-                    out.push((("", "cpu.max"), format!("{} {}", cpu_quota(c), CFS_PERIOD_US)));
+                    out.push((
+                        ("", "cpu.max"),
+                        format!("{} {}", cpu_quota(c), CFS_PERIOD_US),
+                    ));
                 }
                 if let Some(r) = l.cpu_request_millis {
-                    out.push((("", "cpu.weight"), shares_to_weight(cpu_shares(r)).to_string()));
+                    out.push((
+                        ("", "cpu.weight"),
+                        shares_to_weight(cpu_shares(r)).to_string(),
+                    ));
                 }
             }
         }
@@ -116,11 +148,6 @@ impl Hierarchy {
             .map(|text| parse_oom_kill(&text))
             .max()
             .unwrap_or(0)
-    }
-
-    /// True while the cgroup directory exists (in the memory hierarchy on v1).
-    pub fn exists(&self, cgroup: &str) -> bool {
-        self.dirs(cgroup, &["memory"]).iter().any(|d| d.exists())
     }
 }
 
@@ -150,9 +177,16 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 /// On v2 a child only gets a controller when every ancestor delegates it in cgroup.subtree_control.
 fn enable_v2_controllers(mount: &Path, cgroup: &str) -> io::Result<()> {
     let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-    let wanted: Vec<&str> = ["cpu", "memory", "pids", "io"].into_iter().filter(|c| available.split_whitespace().any(|a| a == *c)).collect();
+    let wanted: Vec<&str> = ["cpu", "memory", "pids", "io"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
     let mut dir = mount.to_path_buf();
-    for part in cgroup.trim_matches('/').split('/').filter(|p| !p.is_empty()) {
+    for part in cgroup
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+    {
         let control = dir.join("cgroup.subtree_control");
         for c in &wanted {
             // Best effort: the root may refuse while it holds processes ("no internal processes").
@@ -186,7 +220,11 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Err(ctx(last.unwrap_or_else(|| io::Error::other("busy")), "removing cgroup", dir))
+    Err(ctx(
+        last.unwrap_or_else(|| io::Error::other("busy")),
+        "removing cgroup",
+        dir,
+    ))
 }
 
 fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -210,9 +248,17 @@ mod tests {
 
     #[test]
     fn paths_and_limit_files_per_version() {
-        let v1 = Hierarchy::V1 { base: PathBuf::from("/nonexistent-cg") };
-        let v2 = Hierarchy::V2 { mount: PathBuf::from("/nonexistent-cg2") };
-        let l = Limits { memory_bytes: Some(64 << 20), cpu_limit_millis: Some(250), cpu_request_millis: Some(100) };
+        let v1 = Hierarchy::V1 {
+            base: PathBuf::from("/nonexistent-cg"),
+        };
+        let v2 = Hierarchy::V2 {
+            mount: PathBuf::from("/nonexistent-cg2"),
+        };
+        let l = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_limit_millis: Some(250),
+            cpu_request_millis: Some(100),
+        };
         let f1 = v1.limit_files(&l);
         assert!(f1.contains(&(("memory", "memory.limit_in_bytes"), "67108864".into())));
         assert!(f1.contains(&(("cpu", "cpu.cfs_quota_us"), "25000".into())));
@@ -221,15 +267,24 @@ mod tests {
         assert!(f2.contains(&(("", "memory.max"), "67108864".into())));
         assert!(f2.contains(&(("", "cpu.max"), "25000 100000".into())));
         assert!(f2.contains(&(("", "cpu.weight"), "4".into())));
-        assert_eq!(v2.dirs("/kubepods/podx", &[]), vec![PathBuf::from("/nonexistent-cg2/kubepods/podx")]);
+        assert_eq!(
+            v2.dirs("/kubepods/podx", &[]),
+            vec![PathBuf::from("/nonexistent-cg2/kubepods/podx")]
+        );
         // v1 only lists hierarchies that are mounted.
         assert!(v1.dirs("/kubepods/podx", V1_ALL).is_empty());
     }
 
     #[test]
     fn oom_kill_counter_parsing() {
-        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), 3);
-        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            3
+        );
+        assert_eq!(
+            parse_oom_kill("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n"),
+            1
+        );
         assert_eq!(parse_oom_kill(""), 0);
     }
 
@@ -238,9 +293,21 @@ mod tests {
         let mount = std::env::temp_dir().join(format!("tinylet-cg2-{}", std::process::id()));
         fs::create_dir_all(&mount).unwrap();
         fs::write(mount.join("cgroup.controllers"), "cpu memory pids").unwrap();
-        let h = Hierarchy::V2 { mount: mount.clone() };
-        h.create("/kubepods/podabc", &Limits { memory_bytes: Some(1000), ..Default::default() }).unwrap();
-        assert_eq!(fs::read_to_string(mount.join("kubepods/podabc/memory.max")).unwrap(), "1000");
+        let h = Hierarchy::V2 {
+            mount: mount.clone(),
+        };
+        h.create(
+            "/kubepods/podabc",
+            &Limits {
+                memory_bytes: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(mount.join("kubepods/podabc/memory.max")).unwrap(),
+            "1000"
+        );
         // On a real cgroupfs the interface files vanish with the directory; here remove them first.
         fs::remove_file(mount.join("kubepods/podabc/memory.max")).unwrap();
         fs::remove_file(mount.join("kubepods/cgroup.subtree_control")).ok();

@@ -30,7 +30,10 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(stream: Stream) -> Self {
-        LineSplitter { stream, pending: Vec::new() }
+        LineSplitter {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Feeds bytes read from the container and writes every complete line.
@@ -58,7 +61,12 @@ impl LineSplitter {
             return write_line(out, self.stream, 'F', b"");
         }
         while let Some(c) = chunks.next() {
-            write_line(out, self.stream, if chunks.peek().is_some() { 'P' } else { 'F' }, c)?;
+            write_line(
+                out,
+                self.stream,
+                if chunks.peek().is_some() { 'P' } else { 'F' },
+                c,
+            )?;
         }
         Ok(())
     }
@@ -102,7 +110,12 @@ pub fn parse_line(line: &[u8]) -> Option<LogLine<'_>> {
     let stream = std::str::from_utf8(parts.next()?).ok()?;
     let tag = parts.next()?;
     let text = parts.next().unwrap_or(b"");
-    Some(LogLine { time, stream, partial: tag == b"P", text })
+    Some(LogLine {
+        time,
+        stream,
+        partial: tag == b"P",
+        text,
+    })
 }
 
 /// Rebuilds the container's output from CRI lines: partial chunks are joined, full lines end with

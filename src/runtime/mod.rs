@@ -57,7 +57,11 @@ impl Runtime {
     }
 
     pub fn pod_cgroup(&self, uid: &str) -> String {
-        format!("{}/kubepods/pod{}", self.cgroup_root.trim_end_matches('/'), uid)
+        format!(
+            "{}/kubepods/pod{}",
+            self.cgroup_root.trim_end_matches('/'),
+            uid
+        )
     }
 
     pub fn container_cgroup(&self, uid: &str, id: &str) -> String {
@@ -70,11 +74,14 @@ impl Runtime {
         let bundle = self.bundle(id);
         let result = (|| {
             fsutil::ensure_dir(&bundle).map_err(|e| e.to_string())?;
-            rootfs::prepare(req.snapshot, &bundle).map_err(|e| format!("preparing rootfs: {}", e))?;
+            rootfs::prepare(req.snapshot, &bundle)
+                .map_err(|e| format!("preparing rootfs: {}", e))?;
             let mut spec = req.spec.clone();
             spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
-            spec["linux"]["cgroupsPath"] = serde_json::json!(self.container_cgroup(req.pod_uid, id));
-            fsutil::write_json_atomic(&bundle.join("config.json"), &spec).map_err(|e| format!("writing config.json: {}", e))?;
+            spec["linux"]["cgroupsPath"] =
+                serde_json::json!(self.container_cgroup(req.pod_uid, id));
+            fsutil::write_json_atomic(&bundle.join("config.json"), &spec)
+                .map_err(|e| format!("writing config.json: {}", e))?;
             let args = shim::ShimArgs {
                 id: id.to_string(),
                 bundle: bundle.clone(),
@@ -136,7 +143,12 @@ impl Runtime {
     /// Ids of every container bundle on disk (for garbage collection of orphans).
     pub fn list_bundles(&self) -> Vec<String> {
         std::fs::read_dir(self.root_dir.join("containers"))
-            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| !n.starts_with('.')).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -9,15 +9,34 @@ use std::path::Path;
 
 /// Mounts (or copies) `snapshot` onto `bundle/rootfs`.
 pub fn prepare(snapshot: &Path, bundle: &Path) -> io::Result<()> {
-    let (rootfs, upper, work) = (bundle.join("rootfs"), bundle.join("upper"), bundle.join("work"));
+    let (rootfs, upper, work) = (
+        bundle.join("rootfs"),
+        bundle.join("upper"),
+        bundle.join("work"),
+    );
     for d in [&rootfs, &upper, &work] {
         fs::create_dir_all(d)?;
     }
-    let opts = format!("lowerdir={},upperdir={},workdir={}", snapshot.display(), upper.display(), work.display());
-    match mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(opts.as_str())) {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        snapshot.display(),
+        upper.display(),
+        work.display()
+    );
+    match mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
         Ok(()) => Ok(()),
         Err(e) => {
-            log::warn!("overlayfs unavailable for {} ({}); copying the image instead", bundle.display(), e);
+            log::warn!(
+                "overlayfs unavailable for {} ({}); copying the image instead",
+                bundle.display(),
+                e
+            );
             copy_tree(snapshot, &rootfs)
         }
     }
@@ -27,7 +46,8 @@ pub fn prepare(snapshot: &Path, bundle: &Path) -> io::Result<()> {
 pub fn release(bundle: &Path) -> io::Result<()> {
     let rootfs = bundle.join("rootfs");
     while super::sandbox::is_mountpoint(&rootfs) {
-        umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| io::Error::other(format!("unmounting {}: {}", rootfs.display(), e)))?;
+        umount2(&rootfs, MntFlags::MNT_DETACH)
+            .map_err(|e| io::Error::other(format!("unmounting {}: {}", rootfs.display(), e)))?;
     }
     Ok(())
 }
@@ -69,8 +89,14 @@ mod tests {
         symlink("/etc/passwd", src.join("link")).unwrap();
         fs::create_dir_all(&dst).unwrap();
         copy_tree(&src, &dst).unwrap();
-        assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("/etc/passwd"));
-        assert_eq!(fs::metadata(dst.join("bin/tool")).unwrap().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(dst.join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(
+            fs::metadata(dst.join("bin/tool")).unwrap().mode() & 0o777,
+            0o755
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 }

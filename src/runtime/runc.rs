@@ -22,18 +22,33 @@ impl Runc {
     /// `runc run --detach`: the container's stdio is the caller's (the monitor's pipes).
     pub fn run_detached(&self, id: &str, bundle: &Path) -> Command {
         let mut c = self.command();
-        c.arg("--log").arg(bundle.join("runc.log")).arg("--log-format").arg("json");
-        c.arg("run").arg("--detach").arg("--pid-file").arg(bundle.join("pid")).arg("--bundle").arg(bundle).arg(id);
+        c.arg("--log")
+            .arg(bundle.join("runc.log"))
+            .arg("--log-format")
+            .arg("json");
+        c.arg("run")
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id);
         c
     }
 
     pub fn kill(&self, id: &str, signal: &str) -> Result<(), String> {
-        self.output(self.command().args(["kill", id, signal]), &format!("runc kill {} {}", id, signal))
+        self.output(
+            self.command().args(["kill", id, signal]),
+            &format!("runc kill {} {}", id, signal),
+        )
     }
 
     /// Removes runc's state for the container; "does not exist" is success.
     pub fn delete(&self, id: &str) -> Result<(), String> {
-        match self.output(self.command().args(["delete", "--force", id]), &format!("runc delete {}", id)) {
+        match self.output(
+            self.command().args(["delete", "--force", id]),
+            &format!("runc delete {}", id),
+        ) {
             Err(e) if e.contains("does not exist") || e.contains("not exist") => Ok(()),
             other => other,
         }
@@ -45,7 +60,11 @@ impl Runc {
     }
 
     pub fn version(&self) -> Result<String, String> {
-        let out = self.command().arg("--version").output().map_err(|e| format!("running {}: {}", self.binary.display(), e))?;
+        let out = self
+            .command()
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("running {}: {}", self.binary.display(), e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
             .next()
@@ -55,11 +74,17 @@ impl Runc {
     }
 
     fn output(&self, cmd: &mut Command, what: &str) -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{}: running {}: {}", what, self.binary.display(), e))?;
+        let out = cmd
+            .output()
+            .map_err(|e| format!("{}: running {}: {}", what, self.binary.display(), e))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("{}: {}", what, String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "{}: {}",
+                what,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 }

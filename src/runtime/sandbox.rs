@@ -49,7 +49,9 @@ pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Resul
             let f = dir.join(k);
             fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
         }
-        let flags = kinds.iter().fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+        let flags = kinds
+            .iter()
+            .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
         let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
         let (dir2, host) = (dir.clone(), hostname.to_string());
         let net = !opts.host_network;
@@ -63,19 +65,37 @@ pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Resul
     let shm = pod_dir.join("shm");
     if !is_mountpoint(&shm) {
         fs::create_dir_all(&shm).map_err(|e| ctx(e, "creating", &shm))?;
-        mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))
-            .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", &shm))?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", &shm))?;
     }
     let path = |k: &str| kinds.iter().any(|(n, _)| *n == k).then(|| dir.join(k));
-    Ok(Sandbox { net: path("net"), ipc: path("ipc"), uts: path("uts"), shm })
+    Ok(Sandbox {
+        net: path("net"),
+        ipc: path("ipc"),
+        uts: path("uts"),
+        shm,
+    })
 }
 
 /// Runs on a thread of its own: unshare affects only the calling thread, which then exits, so the
 /// agent's other threads never see the new namespaces.
-fn unshare_and_pin(flags: CloneFlags, names: &[String], dir: &Path, hostname: &str, net: bool) -> io::Result<()> {
+fn unshare_and_pin(
+    flags: CloneFlags,
+    names: &[String],
+    dir: &Path,
+    hostname: &str,
+    net: bool,
+) -> io::Result<()> {
     unshare(flags).map_err(|e| io::Error::other(format!("unshare({:?}): {}", flags, e)))?;
     if flags.contains(CloneFlags::CLONE_NEWUTS) {
-        nix::unistd::sethostname(hostname).map_err(|e| io::Error::other(format!("sethostname {:?}: {}", hostname, e)))?;
+        nix::unistd::sethostname(hostname)
+            .map_err(|e| io::Error::other(format!("sethostname {:?}: {}", hostname, e)))?;
     }
     if net {
         loopback_up().map_err(|e| io::Error::other(format!("bringing up lo: {}", e)))?;
@@ -84,7 +104,20 @@ fn unshare_and_pin(flags: CloneFlags, names: &[String], dir: &Path, hostname: &s
     for name in names {
         let src = PathBuf::from(format!("/proc/self/task/{}/ns/{}", tid, name));
         let dst = dir.join(name);
-        mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| ctx(e.into(), &format!("bind-mounting {} on", src.display()), &dst))?;
+        mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            ctx(
+                e.into(),
+                &format!("bind-mounting {} on", src.display()),
+                &dst,
+            )
+        })?;
     }
     Ok(())
 }
@@ -147,16 +180,24 @@ fn unmount_namespaces(dir: &Path) {
 }
 
 /// An nsfs bind mount: the file's filesystem magic is NSFS_MAGIC.
+// f_type's integer type differs between targets (i64 on x86_64, u32/u64 elsewhere).
+#[allow(clippy::unnecessary_cast)]
 fn is_nsfs(p: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// A directory is a mount point when its device differs from its parent's.
 pub fn is_mountpoint(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(me), Some(parent)) = (fs::metadata(p), p.parent()) else { return false };
-    fs::metadata(parent).map(|pm| pm.dev() != me.dev()).unwrap_or(false)
+    let (Ok(me), Some(parent)) = (fs::metadata(p), p.parent()) else {
+        return false;
+    };
+    fs::metadata(parent)
+        .map(|pm| pm.dev() != me.dev())
+        .unwrap_or(false)
 }
 
 fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {

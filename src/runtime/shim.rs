@@ -96,7 +96,13 @@ pub fn main(args: ShimArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             // Nobody reads our stderr: leave the reason where the agent looks.
-            let exited = Exited { exit_code: 128, signal: None, oom_killed: false, finished_at: now(), start_error: Some(format!("container monitor: {}", e)) };
+            let exited = Exited {
+                exit_code: 128,
+                signal: None,
+                oom_killed: false,
+                finished_at: now(),
+                start_error: Some(format!("container monitor: {}", e)),
+            };
             let _ = fsutil::write_json_atomic(&args.bundle.join("exit.json"), &exited);
             1
         }
@@ -109,19 +115,34 @@ fn now() -> String {
 }
 
 fn monitor(a: &ShimArgs) -> Result<(), String> {
-    fsutil::write_atomic(&a.bundle.join("shim.pid"), std::process::id().to_string().as_bytes(), 0o644).map_err(|e| format!("writing shim.pid: {}", e))?;
-    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {}", e))?;
+    fsutil::write_atomic(
+        &a.bundle.join("shim.pid"),
+        std::process::id().to_string().as_bytes(),
+        0o644,
+    )
+    .map_err(|e| format!("writing shim.pid: {}", e))?;
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {}", e))?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    mask.thread_block().map_err(|e| format!("blocking SIGCHLD: {}", e))?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {}", e))?;
+    mask.thread_block()
+        .map_err(|e| format!("blocking SIGCHLD: {}", e))?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {}", e))?;
 
     if let Some(dir) = a.log_path.parent() {
         fsutil::ensure_dir(dir).map_err(|e| e.to_string())?;
     }
-    let mut log = OpenOptions::new().create(true).append(true).mode(0o640).open(&a.log_path).map_err(|e| format!("opening log {}: {}", a.log_path.display(), e))?;
-    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&a.log_path)
+        .map_err(|e| format!("opening log {}: {}", a.log_path.display(), e))?;
+    let (out_r, out_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
 
     // std resets the signal mask in the child, so runc and the container start with SIGCHLD unblocked.
     let mut runc_child = a
@@ -131,23 +152,44 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         .stderr(Stdio::from(err_w))
         .spawn()
         .map_err(|e| format!("running {}: {}", a.runc.binary.display(), e))?;
-    let status = runc_child.wait().map_err(|e| format!("waiting for runc: {}", e))?;
-    let mut pipes = Pipes { fds: [out_r, err_r], splitters: [LineSplitter::new(Stream::Stdout), LineSplitter::new(Stream::Stderr)], eof: [false; 2] };
+    let status = runc_child
+        .wait()
+        .map_err(|e| format!("waiting for runc: {}", e))?;
+    let mut pipes = Pipes {
+        fds: [out_r, err_r],
+        splitters: [
+            LineSplitter::new(Stream::Stdout),
+            LineSplitter::new(Stream::Stderr),
+        ],
+        eof: [false; 2],
+    };
 
     if !status.success() {
-        let msg = runc::last_error(&a.bundle).unwrap_or_else(|| format!("runc run exited with {}", status));
+        let msg = runc::last_error(&a.bundle)
+            .unwrap_or_else(|| format!("runc run exited with {}", status));
         // Whatever runc printed is already in the pipes; keep it in the log, then record the failure.
         pipes.pump(&mut log, None, 200);
         pipes.finish(&mut log);
-        let exited = Exited { exit_code: 128, signal: None, oom_killed: false, finished_at: now(), start_error: Some(msg) };
-        return fsutil::write_json_atomic(&a.bundle.join("exit.json"), &exited).map_err(|e| e.to_string());
+        let exited = Exited {
+            exit_code: 128,
+            signal: None,
+            oom_killed: false,
+            finished_at: now(),
+            start_error: Some(msg),
+        };
+        return fsutil::write_json_atomic(&a.bundle.join("exit.json"), &exited)
+            .map_err(|e| e.to_string());
     }
     let pid: i32 = std::fs::read_to_string(a.bundle.join("pid"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or("runc run succeeded but wrote no pid file")?;
-    let started = Started { pid, started_at: now() };
-    fsutil::write_json_atomic(&a.bundle.join("started.json"), &started).map_err(|e| e.to_string())?;
+    let started = Started {
+        pid,
+        started_at: now(),
+    };
+    fsutil::write_json_atomic(&a.bundle.join("started.json"), &started)
+        .map_err(|e| e.to_string())?;
 
     // Until the container's init exits: copy output, reap children (we are their subreaper).
     let mut exit: Option<WaitStatus> = reap(pid);
@@ -167,7 +209,13 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         _ => (255, None),
     };
     let oom_killed = Hierarchy::detect().oom_kills(&a.cgroup) > 0;
-    let exited = Exited { exit_code, signal, oom_killed, finished_at: now(), start_error: None };
+    let exited = Exited {
+        exit_code,
+        signal,
+        oom_killed,
+        finished_at: now(),
+        start_error: None,
+    };
     fsutil::write_json_atomic(&a.bundle.join("exit.json"), &exited).map_err(|e| e.to_string())
 }
 
@@ -205,14 +253,19 @@ impl Pipes {
             if open.is_empty() && sigfd.is_none() {
                 return false;
             }
-            let mut fds: Vec<PollFd> = open.iter().map(|i| PollFd::new(self.fds[*i].as_fd(), PollFlags::POLLIN)).collect();
+            let mut fds: Vec<PollFd> = open
+                .iter()
+                .map(|i| PollFd::new(self.fds[*i].as_fd(), PollFlags::POLLIN))
+                .collect();
             if let Some(s) = sigfd {
                 fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
             }
             let timeout = if sigfd.is_some() {
                 PollTimeout::NONE
             } else {
-                let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
+                let left = deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis();
                 if left == 0 {
                     return false;
                 }
@@ -224,7 +277,10 @@ impl Pipes {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return false,
             }
-            let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
             drop(fds);
             for (k, i) in open.iter().enumerate() {
                 if !ready[k] {
@@ -254,7 +310,9 @@ impl Pipes {
 
 /// Reads the monitor's records for a container bundle.
 pub fn read_started(bundle: &Path) -> Option<Started> {
-    fsutil::read_json(&bundle.join("started.json")).ok().flatten()
+    fsutil::read_json(&bundle.join("started.json"))
+        .ok()
+        .flatten()
 }
 
 pub fn read_exited(bundle: &Path) -> Option<Exited> {
@@ -263,10 +321,15 @@ pub fn read_exited(bundle: &Path) -> Option<Exited> {
 
 /// Whether the monitor of `bundle` is still alive (its pid exists and is a tinylet shim for this bundle).
 pub fn is_alive(bundle: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
         return false;
     };
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid)).unwrap_or_default();
     let bundle_arg = bundle.display().to_string();
-    cmdline.split(|&b| b == 0).any(|a| a == bundle_arg.as_bytes())
+    cmdline
+        .split(|&b| b == 0)
+        .any(|a| a == bundle_arg.as_bytes())
 }

@@ -7,25 +7,83 @@ use std::path::Path;
 
 /// The default capability set of containerd and CRI-O for unprivileged containers.
 const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
-    "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 ];
 
 /// Every capability runc 1.1 knows, for privileged containers.
 const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
-    "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD",
-    "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
 ];
 
 const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-    "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
 ];
-const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Everything the spec is made from, resolved by the caller.
 pub struct SpecInput<'a> {
@@ -57,7 +115,11 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
     if !input.host_pid {
         namespaces.push(json!({"type": "pid"}));
     }
-    for (kind, path) in [("network", &input.sandbox.net), ("ipc", &input.sandbox.ipc), ("uts", &input.sandbox.uts)] {
+    for (kind, path) in [
+        ("network", &input.sandbox.net),
+        ("ipc", &input.sandbox.ipc),
+        ("uts", &input.sandbox.uts),
+    ] {
         if let Some(p) = path {
             namespaces.push(json!({"type": kind, "path": p}));
         }
@@ -121,7 +183,11 @@ fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, S
     }
     let norm = |c: &str| {
         let up = c.to_ascii_uppercase();
-        if up.starts_with("CAP_") { up } else { format!("CAP_{}", up) }
+        if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{}", up)
+        }
     };
     let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
     if let Some(c) = &sc.capabilities {
@@ -130,7 +196,10 @@ fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, S
             if n == "CAP_ALL" {
                 caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
             } else if !ALL_CAPS.contains(&n.as_str()) {
-                return Err(format!("securityContext.capabilities.add: unknown capability {:?}", add));
+                return Err(format!(
+                    "securityContext.capabilities.add: unknown capability {:?}",
+                    add
+                ));
             } else if !caps.contains(&n) {
                 caps.push(n);
             }
@@ -148,7 +217,11 @@ fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, S
 }
 
 fn mounts(input: &SpecInput, privileged: bool) -> Vec<Value> {
-    let sys_opts = if privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) };
+    let sys_opts = if privileged {
+        json!(["nosuid", "noexec", "nodev"])
+    } else {
+        json!(["nosuid", "noexec", "nodev", "ro"])
+    };
     let mut m = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -174,7 +247,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn sandbox() -> Sandbox {
-        Sandbox { net: Some("/r/pods/u/ns/net".into()), ipc: Some("/r/pods/u/ns/ipc".into()), uts: None, shm: "/r/pods/u/shm".into() }
+        Sandbox {
+            net: Some("/r/pods/u/ns/net".into()),
+            ipc: Some("/r/pods/u/ns/ipc".into()),
+            uts: None,
+            shm: "/r/pods/u/shm".into(),
+        }
     }
 
     fn input<'a>(c: &'a Container, sb: &'a Sandbox) -> SpecInput<'a> {
@@ -200,38 +278,72 @@ mod tests {
 
     #[test]
     fn namespaces_join_the_sandbox_by_path() {
-        let c = Container { name: "c".into(), image: "i".into(), ..Default::default() };
+        let c = Container {
+            name: "c".into(),
+            image: "i".into(),
+            ..Default::default()
+        };
         let sb = sandbox();
         let spec = build(&input(&c, &sb)).unwrap();
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.contains(&json!({"type": "pid"})));
         assert!(ns.contains(&json!({"type": "mount"})));
         assert!(ns.contains(&json!({"type": "network", "path": "/r/pods/u/ns/net"})));
-        assert!(!ns.iter().any(|n| n["type"] == "uts"), "host UTS when the sandbox has none");
+        assert!(
+            !ns.iter().any(|n| n["type"] == "uts"),
+            "host UTS when the sandbox has none"
+        );
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 1 << 20);
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 256);
         assert_eq!(spec["hostname"], "web-node1");
-        assert_eq!(spec["root"]["path"], json!(PathBuf::from("/r/containers/x/rootfs")));
+        assert_eq!(
+            spec["root"]["path"],
+            json!(PathBuf::from("/r/containers/x/rootfs"))
+        );
     }
 
     #[test]
     fn capabilities_add_drop_and_privileged() {
-        let mut c = Container { name: "c".into(), image: "i".into(), ..Default::default() };
+        let mut c = Container {
+            name: "c".into(),
+            image: "i".into(),
+            ..Default::default()
+        };
         c.security_context = Some(SecurityContext {
-            capabilities: Some(Capabilities { add: vec!["NET_ADMIN".into()], drop: vec!["KILL".into()] }),
+            capabilities: Some(Capabilities {
+                add: vec!["NET_ADMIN".into()],
+                drop: vec!["KILL".into()],
+            }),
             ..Default::default()
         });
         let sb = sandbox();
         let spec = build(&input(&c, &sb)).unwrap();
-        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let caps = spec["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
         assert!(caps.contains(&json!("CAP_NET_ADMIN")));
         assert!(!caps.contains(&json!("CAP_KILL")));
-        c.security_context.as_mut().unwrap().capabilities.as_mut().unwrap().add = vec!["BOGUS".into()];
+        c.security_context
+            .as_mut()
+            .unwrap()
+            .capabilities
+            .as_mut()
+            .unwrap()
+            .add = vec!["BOGUS".into()];
         assert!(build(&input(&c, &sb)).unwrap_err().contains("BOGUS"));
-        c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        c.security_context = Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        });
         let spec = build(&input(&c, &sb)).unwrap();
         assert!(spec["linux"].get("maskedPaths").is_none());
-        assert_eq!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(), ALL_CAPS.len());
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            ALL_CAPS.len()
+        );
     }
 }
