@@ -173,7 +173,10 @@ fn validate(rest: &[String]) -> Result<(), String> {
     if a.positional.is_empty() {
         return Err("usage: tinylet validate [--node-name NAME] PATH...".into());
     }
-    let node = a.get("node-name").map(str::to_lowercase).unwrap_or_else(config::default_node_name);
+    let node = a
+        .get("node-name")
+        .map(str::to_lowercase)
+        .unwrap_or_else(config::default_node_name);
     let mut files = Vec::new();
     for p in &a.positional {
         let path = PathBuf::from(p);
@@ -182,7 +185,12 @@ fn validate(rest: &[String]) -> Result<(), String> {
                 .map_err(|e| format!("{}: {}", p, e))?
                 .flatten()
                 .map(|e| e.path())
-                .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .filter(|f| {
+                    f.is_file()
+                        && !f
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
                 .collect();
             entries.sort();
             files.extend(entries);
@@ -195,7 +203,12 @@ fn validate(rest: &[String]) -> Result<(), String> {
         let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {}", f.display(), e))?;
         for r in kubelet::manifest::parse_manifest(&f, &text, &node) {
             match r {
-                Ok(p) => println!("ok    {}: pod {} (uid {})", f.display(), p.full_name(), p.uid),
+                Ok(p) => println!(
+                    "ok    {}: pod {} (uid {})",
+                    f.display(),
+                    p.full_name(),
+                    p.uid
+                ),
                 Err(e) => {
                     errors += 1;
                     println!("error {}", e);
@@ -304,6 +317,9 @@ fn run(rest: &[String]) -> Result<(), String> {
         node_name: config.node_name.clone(),
         host_ip: config.node_ip.clone(),
         pod_log_dir: config.pod_log_dir.clone(),
+        watcher: crate::runtime::watch::BundleWatcher::start()
+            .map_err(|e| log::warn!("inotify unavailable ({}); pod workers will poll", e))
+            .ok(),
     };
     kubelet::run(config, ctx)
 }

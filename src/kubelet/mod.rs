@@ -31,6 +31,8 @@ pub struct Context {
     pub node_name: String,
     pub host_ip: Option<String>,
     pub pod_log_dir: PathBuf,
+    /// Wakes workers when monitors write records; `None` if inotify is unavailable (workers poll).
+    pub watcher: Option<Arc<crate::runtime::watch::BundleWatcher>>,
 }
 
 pub enum Event {
@@ -58,8 +60,6 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
         .name("static-source".into())
         .spawn(move || loop {
             source.wait(Duration::from_secs(1));
-            // Let a burst of writes (editor save, cp of many files) settle into one scan.
-            std::thread::sleep(Duration::from_millis(5));
             if source.scan() && source_tx.send(Event::Desired(source.desired())).is_err() {
                 return;
             }
@@ -132,10 +132,15 @@ fn apply_desired(
     queued: &mut BTreeMap<String, DesiredPod>,
 ) -> Result<(), String> {
     let errors: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
-    if let Err(e) =
-        fsutil::write_json_atomic(&config.root_dir.join("manifest-errors.json"), &errors)
-    {
-        log::error!("saving manifest errors: {}", e);
+    let errors_file = config.root_dir.join("manifest-errors.json");
+    let unchanged = fsutil::read_json::<Vec<String>>(&errors_file)
+        .ok()
+        .flatten()
+        .is_some_and(|old| old == errors);
+    if !unchanged {
+        if let Err(e) = fsutil::write_json_volatile(&errors_file, &errors) {
+            log::error!("saving manifest errors: {}", e);
+        }
     }
     let wanted: std::collections::HashSet<&str> = set.pods.iter().map(|p| p.uid.as_str()).collect();
     for (uid, h) in workers.iter_mut() {
@@ -172,7 +177,7 @@ fn spawn_worker(
 ) -> Result<WorkerHandle, String> {
     let (wtx, wrx) = channel();
     let full_name = pod.full_name();
-    let worker = PodWorker::new(ctx.clone(), pod);
+    let worker = PodWorker::new(ctx.clone(), pod, wtx.clone());
     let done = tx.clone();
     std::thread::Builder::new()
         .name(format!("pod {}", full_name))

@@ -20,7 +20,13 @@ use std::time::Duration;
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
     Terminate,
+    /// A container's monitor wrote a record: look at the containers again.
+    Wake,
 }
+
+/// How long a worker sleeps between checks when nothing wakes it: only a monitor that died
+/// without a word (killed by hand) is noticed this way.
+const SAFETY_POLL_SECS: f64 = 5.0;
 
 /// The kubelet never waits less than this for a container to stop.
 const MIN_GRACE_SECS: i64 = 2;
@@ -37,6 +43,10 @@ pub struct PodWorker {
     sandbox_error: Option<String>,
     sandbox_retry_at: f64,
     published: Option<PodStatus>,
+    /// pod.json differs from what is on disk.
+    record_dirty: bool,
+    /// The worker's own inbox, handed to the bundle watcher so monitors' records wake it.
+    wake: Sender<WorkerMsg>,
 }
 
 fn now() -> f64 {
@@ -49,10 +59,14 @@ fn ts(secs: f64) -> String {
 
 impl PodWorker {
     /// Loads what is on disk for this pod (adoption) or starts a fresh record.
-    pub fn new(ctx: Arc<Context>, pod: DesiredPod) -> PodWorker {
+    pub fn new(ctx: Arc<Context>, pod: DesiredPod, wake: Sender<WorkerMsg>) -> PodWorker {
         let dir = ctx.runtime.pod_dir(&pod.uid);
+        let mut record_dirty = true;
         let record = match store::load_pod(&dir) {
-            Ok(Some(r)) => r,
+            Ok(Some(r)) => {
+                record_dirty = false;
+                r
+            }
             Ok(None) => PodRecord {
                 version: store::VERSION,
                 object: pod.object.clone(),
@@ -94,6 +108,28 @@ impl PodWorker {
             sandbox_error: None,
             sandbox_retry_at: 0.0,
             published,
+            record_dirty,
+            wake,
+        }
+    }
+
+    /// Has the bundle watcher wake this worker when container `id`'s monitor writes a record.
+    /// Call before looking at the container, so that no record can slip in between.
+    fn watch(&self, id: &str) {
+        let Some(watcher) = &self.ctx.watcher else {
+            return;
+        };
+        let tx = self.wake.clone();
+        if let Err(e) = watcher.watch(
+            &self.ctx.runtime.bundle(id),
+            Box::new(move || drop(tx.send(WorkerMsg::Wake))),
+        ) {
+            log::warn!(
+                "pod {}: watching container {}: {}; polling instead",
+                self.pod.full_name(),
+                short(id),
+                e
+            );
         }
     }
 
@@ -109,6 +145,14 @@ impl PodWorker {
             },
             self.pod.uid
         );
+        for id in self
+            .containers
+            .iter()
+            .filter_map(|c| c.current.as_ref().map(|a| a.id.clone()))
+            .collect::<Vec<_>>()
+        {
+            self.watch(&id);
+        }
         // A message that is already waiting (a pod removed while the agent was down) wins over a sync.
         let mut wait = Duration::ZERO;
         loop {
@@ -118,7 +162,7 @@ impl PodWorker {
                     let _ = done.send(Event::Terminated(self.pod.uid.clone()));
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(WorkerMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 // The agent is shutting down: pods keep running and are adopted on restart.
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -130,11 +174,7 @@ impl PodWorker {
     fn sync(&mut self) {
         if self.record.start_time.is_none() {
             self.record.start_time = Some(ts(now()));
-        }
-        if let Err(e) =
-            fsutil::ensure_dir(&self.dir).and_then(|_| store::save_pod(&self.dir, &self.record))
-        {
-            log::error!("pod {}: saving pod record: {}", self.pod.full_name(), e);
+            self.record_dirty = true;
         }
         if self.sandbox.is_none() && now() >= self.sandbox_retry_at {
             self.setup_sandbox();
@@ -144,10 +184,21 @@ impl PodWorker {
                 self.sync_container(i);
             }
         }
+        // After the containers were started: a crash before this only costs a restart of them
+        // (their bundles are then orphans and collected), and it keeps an fsync off the start path.
+        if self.record_dirty {
+            match fsutil::ensure_dir(&self.dir)
+                .and_then(|_| store::save_pod(&self.dir, &self.record))
+            {
+                Ok(()) => self.record_dirty = false,
+                Err(e) => log::error!("pod {}: saving pod record: {}", self.pod.full_name(), e),
+            }
+        }
         self.publish();
     }
 
     fn setup_sandbox(&mut self) {
+        let t0 = std::time::Instant::now();
         let result = (|| -> Result<sandbox::Sandbox, String> {
             fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
             let limits = pod_limits(&self.pod.spec);
@@ -168,6 +219,11 @@ impl PodWorker {
         })();
         match result {
             Ok(sb) => {
+                log::debug!(
+                    "pod {}: sandbox ready in {:?}",
+                    self.pod.full_name(),
+                    t0.elapsed()
+                );
                 self.sandbox = Some(sb);
                 self.sandbox_error = None;
             }
@@ -205,14 +261,14 @@ impl PodWorker {
                 self.hostname()
             )
         };
-        fsutil::write_atomic(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
-        fsutil::write_atomic(
+        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
+        fsutil::write_volatile(
             &etc.join("hostname"),
             format!("{}\n", self.hostname()).as_bytes(),
             0o644,
         )?;
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        fsutil::write_atomic(&etc.join("resolv.conf"), &resolv, 0o644)
+        fsutil::write_volatile(&etc.join("resolv.conf"), &resolv, 0o644)
     }
 
     fn save(&self, i: usize) {
@@ -409,6 +465,7 @@ impl PodWorker {
     }
 
     fn start_container(&mut self, i: usize) {
+        let t0 = std::time::Instant::now();
         let c = self.pod.spec.containers[i].clone();
         let pull_policy = c
             .image_pull_policy
@@ -486,9 +543,17 @@ impl PodWorker {
             spec: &spec,
             log_path: &log_path,
         };
+        let t_spec = t0.elapsed();
         if let Err(e) = self.ctx.runtime.start(&id, &req) {
             return self.wait_and_retry(i, "CreateContainerError", e);
         }
+        log::debug!(
+            "pod {}: container {}: image + spec {:?}, bundle + monitor {:?}",
+            self.pod.full_name(),
+            c.name,
+            t_spec,
+            t0.elapsed() - t_spec
+        );
         let backoff_policy = self.ctx.backoff;
         self.retry[i] = None;
         let rec = &mut self.containers[i];
@@ -512,6 +577,7 @@ impl PodWorker {
         rec.not_before = None;
         rec.image = image.name.clone();
         rec.image_id = image.repo_digest.clone();
+        self.watch(&id);
         log::info!(
             "pod {}: container {} created (id {}, restart {})",
             self.pod.full_name(),
@@ -676,11 +742,17 @@ impl PodWorker {
     /// Short while a container is starting (to report Running promptly), longer while it runs,
     /// and never past the next scheduled retry.
     fn next_wake(&self) -> Duration {
-        let mut wake: f64 = 1.0;
+        // With the bundle watcher, monitors' records wake the worker; without it, poll.
+        let (starting, running) = if self.ctx.watcher.is_some() {
+            (1.0, SAFETY_POLL_SECS)
+        } else {
+            (0.05, 0.5)
+        };
+        let mut wake: f64 = SAFETY_POLL_SECS;
         for rec in &self.containers {
             match &rec.current {
-                Some(a) if a.started_at.is_none() => wake = wake.min(0.02),
-                Some(_) => wake = wake.min(0.25),
+                Some(a) if a.started_at.is_none() => wake = wake.min(starting),
+                Some(_) => wake = wake.min(running),
                 None => {
                     if let Some(t) = rec.not_before {
                         wake = wake.min((t - now()).max(0.01));

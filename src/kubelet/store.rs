@@ -75,7 +75,8 @@ pub fn load_pod(dir: &Path) -> std::io::Result<Option<PodRecord>> {
 }
 
 pub fn save_status(dir: &Path, status: &PodStatus) -> std::io::Result<()> {
-    fsutil::write_json_atomic(&dir.join("status.json"), status)
+    // Derived from the other records: recomputed on start-up, so no fsync.
+    fsutil::write_json_volatile(&dir.join("status.json"), status)
 }
 
 pub fn load_status(dir: &Path) -> Option<PodStatus> {

@@ -9,6 +9,7 @@ pub mod runc;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
+pub mod watch;
 
 use crate::fsutil;
 use cgroups::Hierarchy;
@@ -80,7 +81,7 @@ impl Runtime {
             spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
             spec["linux"]["cgroupsPath"] =
                 serde_json::json!(self.container_cgroup(req.pod_uid, id));
-            fsutil::write_json_atomic(&bundle.join("config.json"), &spec)
+            fsutil::write_json_volatile(&bundle.join("config.json"), &spec)
                 .map_err(|e| format!("writing config.json: {}", e))?;
             let args = shim::ShimArgs {
                 id: id.to_string(),

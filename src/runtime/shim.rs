@@ -42,6 +42,48 @@ pub struct Exited {
     pub start_error: Option<String>,
 }
 
+// The monitor writes its two records by hand rather than through serde_json: it keeps the
+// serializer's code out of the monitor's resident pages (its RSS is per container).
+impl Started {
+    fn write(&self, bundle: &Path) -> std::io::Result<()> {
+        let json = format!(
+            "{{\"pid\":{},\"startedAt\":\"{}\"}}",
+            self.pid, self.started_at
+        );
+        fsutil::write_volatile(&bundle.join("started.json"), json.as_bytes(), 0o644)
+    }
+}
+
+impl Exited {
+    fn write(&self, bundle: &Path) -> std::io::Result<()> {
+        let opt_num = |v: Option<i32>| v.map(|n| n.to_string()).unwrap_or_else(|| "null".into());
+        let json = format!(
+            "{{\"exitCode\":{},\"signal\":{},\"oomKilled\":{},\"finishedAt\":\"{}\",\"startError\":{}}}",
+            self.exit_code,
+            opt_num(self.signal),
+            self.oom_killed,
+            self.finished_at,
+            self.start_error.as_deref().map(json_string).unwrap_or_else(|| "null".into())
+        );
+        fsutil::write_volatile(&bundle.join("exit.json"), json.as_bytes(), 0o644)
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// What the monitor needs, passed on its command line by the agent.
 #[derive(Debug, Clone)]
 pub struct ShimArgs {
@@ -103,7 +145,7 @@ pub fn main(args: ShimArgs) -> i32 {
                 finished_at: now(),
                 start_error: Some(format!("container monitor: {}", e)),
             };
-            let _ = fsutil::write_json_atomic(&args.bundle.join("exit.json"), &exited);
+            let _ = exited.write(&args.bundle);
             1
         }
     };
@@ -115,7 +157,7 @@ fn now() -> String {
 }
 
 fn monitor(a: &ShimArgs) -> Result<(), String> {
-    fsutil::write_atomic(
+    fsutil::write_volatile(
         &a.bundle.join("shim.pid"),
         std::process::id().to_string().as_bytes(),
         0o644,
@@ -177,8 +219,7 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
             finished_at: now(),
             start_error: Some(msg),
         };
-        return fsutil::write_json_atomic(&a.bundle.join("exit.json"), &exited)
-            .map_err(|e| e.to_string());
+        return exited.write(&a.bundle).map_err(|e| e.to_string());
     }
     let pid: i32 = std::fs::read_to_string(a.bundle.join("pid"))
         .ok()
@@ -188,8 +229,7 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         pid,
         started_at: now(),
     };
-    fsutil::write_json_atomic(&a.bundle.join("started.json"), &started)
-        .map_err(|e| e.to_string())?;
+    started.write(&a.bundle).map_err(|e| e.to_string())?;
 
     // Until the container's init exits: copy output, reap children (we are their subreaper).
     let mut exit: Option<WaitStatus> = reap(pid);
@@ -216,7 +256,7 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         finished_at: now(),
         start_error: None,
     };
-    fsutil::write_json_atomic(&a.bundle.join("exit.json"), &exited).map_err(|e| e.to_string())
+    exited.write(&a.bundle).map_err(|e| e.to_string())
 }
 
 /// Reaps every exited child; returns the container init's status once it has exited.
@@ -305,6 +345,33 @@ impl Pipes {
         for s in &mut self.splitters {
             let _ = s.finish(log);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_serde() {
+        let dir = std::env::temp_dir().join(format!("tinylet-shim-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Started {
+            pid: 42,
+            started_at: "2026-11-27T17:00:00Z".into(),
+        };
+        s.write(&dir).unwrap();
+        assert_eq!(read_started(&dir), Some(s));
+        let e = Exited {
+            exit_code: 128,
+            signal: Some(9),
+            oom_killed: true,
+            finished_at: "2026-11-27T17:00:01Z".into(),
+            start_error: Some("exec: \"/x\": no such file\n\ttab \\ done".into()),
+        };
+        e.write(&dir).unwrap();
+        assert_eq!(read_exited(&dir), Some(e));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
