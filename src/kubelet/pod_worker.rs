@@ -285,7 +285,7 @@ impl PodWorker {
     fn sync_container(&mut self, i: usize) {
         if let Some(att) = self.containers[i].current.clone() {
             match self.ctx.runtime.observe(&att.id) {
-                Observed::Starting => {}
+                Observed::Starting => return,
                 Observed::Running(s) => {
                     if att.started_at.is_none() {
                         log::info!(
@@ -302,11 +302,13 @@ impl PodWorker {
                         rec.waiting = None;
                         self.save(i);
                     }
+                    return;
                 }
+                // Then fall through: a restart that is due now (the first one, which has no
+                // back-off) happens in this sync, not whenever the worker next wakes up.
                 Observed::Exited(e) => self.on_exit(i, att, Some(e)),
                 Observed::Lost => self.on_exit(i, att, None),
             }
-            return;
         }
         let rec = &self.containers[i];
         if rec.final_state.is_some() || rec.not_before.is_some_and(|t| now() < t) {

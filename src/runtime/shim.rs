@@ -126,7 +126,20 @@ impl ShimArgs {
 pub fn main(args: ShimArgs) -> i32 {
     // SAFETY: the monitor is single-threaded at this point (it has just been exec'd).
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        // The parent records the monitor's pid before the agent's spawn returns: were it left to
+        // the child, an agent looking at once would find neither a monitor nor an exit record
+        // and report the new container lost.
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let pid_file = args.bundle.join("shim.pid");
+            return match fsutil::write_volatile(&pid_file, child.to_string().as_bytes(), 0o644) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("tinylet shim: writing {}: {}", pid_file.display(), e);
+                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    1
+                }
+            };
+        }
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(e) => {
             eprintln!("tinylet shim: fork: {}", e);
@@ -157,12 +170,6 @@ fn now() -> String {
 }
 
 fn monitor(a: &ShimArgs) -> Result<(), String> {
-    fsutil::write_volatile(
-        &a.bundle.join("shim.pid"),
-        std::process::id().to_string().as_bytes(),
-        0o644,
-    )
-    .map_err(|e| format!("writing shim.pid: {}", e))?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {}", e))?;
     let mut mask = SigSet::empty();
@@ -348,6 +355,32 @@ impl Pipes {
     }
 }
 
+/// Reads the monitor's records for a container bundle.
+pub fn read_started(bundle: &Path) -> Option<Started> {
+    fsutil::read_json(&bundle.join("started.json"))
+        .ok()
+        .flatten()
+}
+
+pub fn read_exited(bundle: &Path) -> Option<Exited> {
+    fsutil::read_json(&bundle.join("exit.json")).ok().flatten()
+}
+
+/// Whether the monitor of `bundle` is still alive (its pid exists and is a tinylet shim for this bundle).
+pub fn is_alive(bundle: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid)).unwrap_or_default();
+    let bundle_arg = bundle.display().to_string();
+    cmdline
+        .split(|&b| b == 0)
+        .any(|a| a == bundle_arg.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,30 +406,4 @@ mod tests {
         assert_eq!(read_exited(&dir), Some(e));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Reads the monitor's records for a container bundle.
-pub fn read_started(bundle: &Path) -> Option<Started> {
-    fsutil::read_json(&bundle.join("started.json"))
-        .ok()
-        .flatten()
-}
-
-pub fn read_exited(bundle: &Path) -> Option<Exited> {
-    fsutil::read_json(&bundle.join("exit.json")).ok().flatten()
-}
-
-/// Whether the monitor of `bundle` is still alive (its pid exists and is a tinylet shim for this bundle).
-pub fn is_alive(bundle: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return false;
-    };
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid)).unwrap_or_default();
-    let bundle_arg = bundle.display().to_string();
-    cmdline
-        .split(|&b| b == 0)
-        .any(|a| a == bundle_arg.as_bytes())
 }

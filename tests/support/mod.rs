@@ -33,11 +33,22 @@ pub fn image_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
         sweep_stale();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-oci-{}", std::process::id()));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("busybox-oci-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-busybox-image");
-        let out = Command::new(&script).arg(&dir).arg(IMAGE).output().unwrap_or_else(|e| panic!("running {}: {}", script.display(), e));
-        assert!(out.status.success(), "{} failed: {}{}", script.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&script)
+            .arg(&dir)
+            .arg(IMAGE)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {}", script.display(), e));
+        assert!(
+            out.status.success(),
+            "{} failed: {}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
 }
@@ -110,8 +121,18 @@ impl Node {
     }
 
     pub fn import_image(&self) {
-        let out = self.tinylet(&["image", "import", &image_layout().display().to_string(), "--root-dir", &self.root.display().to_string()]);
-        assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.tinylet(&[
+            "image",
+            "import",
+            &image_layout().display().to_string(),
+            "--root-dir",
+            &self.root.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "image import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The `tinylet run` arguments of this node.
@@ -138,15 +159,28 @@ impl Node {
 
     /// Starts the daemon (stderr appended to `daemon_log`) and waits until it logged its start.
     pub fn start_daemon(&mut self) {
-        assert!(self.daemon.is_none() || !self.daemon_alive(), "daemon already running");
+        assert!(
+            self.daemon.is_none() || !self.daemon_alive(),
+            "daemon already running"
+        );
         let starts_before = self.daemon_log().matches(" starting: node ").count();
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.daemon_log).expect("opening daemon log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.daemon_log)
+            .expect("opening daemon log");
         let mut cmd = Command::new(bin());
-        cmd.args(self.run_args()).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log fd")).stderr(log);
+        cmd.args(self.run_args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
         // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent. It makes a
         // daemon die with the test thread that started it, even when the test process is killed.
         unsafe {
-            cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
         }
         self.daemon = Some(cmd.spawn().expect("spawning tinylet run"));
         let deadline = Instant::now() + WAIT;
@@ -154,13 +188,20 @@ impl Node {
             if !self.daemon_alive() {
                 panic!("tinylet run exited at start-up:\n{}", self.daemon_log());
             }
-            assert!(Instant::now() < deadline, "tinylet run did not log its start within {:?}:\n{}", WAIT, self.daemon_log());
+            assert!(
+                Instant::now() < deadline,
+                "tinylet run did not log its start within {:?}:\n{}",
+                WAIT,
+                self.daemon_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn daemon_alive(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL to the daemon (its pods keep running).
@@ -201,25 +242,50 @@ impl Node {
     }
 
     pub fn remove_manifest(&self, file: &str) {
-        fs::remove_file(self.manifest_path(file)).unwrap_or_else(|e| panic!("removing manifest {}: {}", file, e));
+        fs::remove_file(self.manifest_path(file))
+            .unwrap_or_else(|e| panic!("removing manifest {}: {}", file, e));
     }
 
     // ---- the CLI ----
 
     /// Runs the tinylet binary with exactly `args`.
     pub fn tinylet(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("running tinylet")
+        Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tinylet")
     }
 
     pub fn ps_json(&self) -> Value {
-        let out = self.tinylet(&["ps", "-o", "json", "--root-dir", &self.root.display().to_string()]);
-        assert!(out.status.success(), "tinylet ps -o json failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tinylet ps -o json printed invalid JSON ({}): {}", e, String::from_utf8_lossy(&out.stdout)))
+        let out = self.tinylet(&[
+            "ps",
+            "-o",
+            "json",
+            "--root-dir",
+            &self.root.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "tinylet ps -o json failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tinylet ps -o json printed invalid JSON ({}): {}",
+                e,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     pub fn ps_table(&self) -> String {
         let out = self.tinylet(&["ps", "--root-dir", &self.root.display().to_string()]);
-        assert!(out.status.success(), "tinylet ps failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tinylet ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -232,12 +298,19 @@ impl Node {
     pub fn pod(&self, name: &str) -> Option<Value> {
         let full = self.full_name(name);
         let list = self.ps_json();
-        list["items"].as_array()?.iter().find(|p| p["metadata"]["name"] == full || p["metadata"]["name"] == name).cloned()
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == full || p["metadata"]["name"] == name)
+            .cloned()
     }
 
     /// `tinylet logs POD [CONTAINER] [extra flags]`.
     pub fn logs_output(&self, pod: &str, container: Option<&str>, flags: &[&str]) -> Output {
-        let (root, logs) = (self.root.display().to_string(), self.log_dir.display().to_string());
+        let (root, logs) = (
+            self.root.display().to_string(),
+            self.log_dir.display().to_string(),
+        );
         let mut args = vec!["logs", "--root-dir", &root, "--pod-log-dir", &logs];
         args.extend_from_slice(flags);
         args.push(pod);
@@ -252,17 +325,26 @@ impl Node {
 
     /// Waits until the container's output contains `needle`; returns the whole output.
     pub fn wait_log(&mut self, pod: &str, container: &str, needle: &str) -> String {
-        self.wait_for(WAIT, &format!("{}/{} to print {:?}", pod, container, needle), |n| {
-            let l = n.logs(pod, container);
-            l.contains(needle).then_some(l)
-        })
+        self.wait_for(
+            WAIT,
+            &format!("{}/{} to print {:?}", pod, container, needle),
+            |n| {
+                let l = n.logs(pod, container);
+                l.contains(needle).then_some(l)
+            },
+        )
     }
 
     // ---- waiting ----
 
     /// Polls `f` every 50 ms until it is ready; on timeout, panics with the pods' states and the
     /// daemon's log.
-    pub fn wait_for<R: Ready>(&mut self, timeout: Duration, what: &str, mut f: impl FnMut(&mut Node) -> R) -> R::Out {
+    pub fn wait_for<R: Ready>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&mut Node) -> R,
+    ) -> R::Out {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f(self).ready() {
@@ -289,7 +371,9 @@ impl Node {
     }
 
     pub fn wait_running(&mut self, name: &str) -> Value {
-        self.wait_pod(name, "phase Running with all containers running", |p| p["status"]["phase"] == "Running" && all_running(p))
+        self.wait_pod(name, "phase Running with all containers running", |p| {
+            p["status"]["phase"] == "Running" && all_running(p)
+        })
     }
 
     pub fn wait_gone(&mut self, name: &str) {
@@ -299,13 +383,48 @@ impl Node {
 
     /// One line per pod and container, for failure messages.
     pub fn describe(&self) -> String {
-        let out = self.tinylet(&["ps", "-o", "json", "--root-dir", &self.root.display().to_string()]);
-        let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else { return format!("(ps failed: {})", String::from_utf8_lossy(&out.stderr)) };
+        let out = self.tinylet(&[
+            "ps",
+            "-o",
+            "json",
+            "--root-dir",
+            &self.root.display().to_string(),
+        ]);
+        let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return format!("(ps failed: {})", String::from_utf8_lossy(&out.stderr));
+        };
         let mut s = String::new();
         for p in list["items"].as_array().into_iter().flatten() {
-            s.push_str(&format!("{} phase={}\n", p["metadata"]["name"], p["status"]["phase"]));
-            for c in p["status"]["containerStatuses"].as_array().into_iter().flatten() {
-                s.push_str(&format!("  {} restarts={} state={} last={}\n", c["name"], c["restartCount"], c["state"], c["lastState"]));
+            s.push_str(&format!(
+                "{} phase={}\n",
+                p["metadata"]["name"], p["status"]["phase"]
+            ));
+            for c in p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                s.push_str(&format!(
+                    "  {} restarts={} state={} last={}\n",
+                    c["name"], c["restartCount"], c["state"], c["lastState"]
+                ));
+                let (pod, name) = (
+                    p["metadata"]["name"].as_str().unwrap_or(""),
+                    c["name"].as_str().unwrap_or(""),
+                );
+                for (label, flags) in [("output", &[][..]), ("previous output", &["-p"][..])] {
+                    let out =
+                        String::from_utf8_lossy(&self.logs_output(pod, Some(name), flags).stdout)
+                            .into_owned();
+                    let lines: Vec<&str> = out.lines().collect();
+                    if !lines.is_empty() {
+                        s.push_str(&format!(
+                            "    {} (last lines):\n      {}\n",
+                            label,
+                            lines[lines.len().saturating_sub(5)..].join("\n      ")
+                        ));
+                    }
+                }
             }
         }
         s
@@ -318,25 +437,44 @@ impl Node {
     }
 
     pub fn bundle(&self, container_id: &str) -> PathBuf {
-        self.root.join("containers").join(container_id.trim_start_matches("runc://"))
+        self.root
+            .join("containers")
+            .join(container_id.trim_start_matches("runc://"))
     }
 
     /// The pod's log directory, `<log-dir>/<ns>_<pod>_<uid>`.
     pub fn pod_log_dir(&self, pod: &Value) -> PathBuf {
         let m = &pod["metadata"];
-        self.log_dir.join(format!("{}_{}_{}", m["namespace"].as_str().unwrap(), m["name"].as_str().unwrap(), m["uid"].as_str().unwrap()))
+        self.log_dir.join(format!(
+            "{}_{}_{}",
+            m["namespace"].as_str().unwrap(),
+            m["name"].as_str().unwrap(),
+            m["uid"].as_str().unwrap()
+        ))
     }
 
     /// The pod cgroup's directory in one v1 hierarchy (e.g. "memory").
     pub fn pod_cgroup_dir(&self, controller: &str, uid: &str) -> PathBuf {
-        PathBuf::from("/sys/fs/cgroup").join(controller).join(self.cgroup_root.trim_start_matches('/')).join("kubepods").join(format!("pod{}", uid))
+        PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(self.cgroup_root.trim_start_matches('/'))
+            .join("kubepods")
+            .join(format!("pod{}", uid))
     }
 
     /// Every hierarchy under /sys/fs/cgroup in which the pod's cgroup exists.
     pub fn pod_cgroups_present(&self, uid: &str) -> Vec<PathBuf> {
         let mut found = Vec::new();
-        for h in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let d = h.path().join(self.cgroup_root.trim_start_matches('/')).join("kubepods").join(format!("pod{}", uid));
+        for h in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let d = h
+                .path()
+                .join(self.cgroup_root.trim_start_matches('/'))
+                .join("kubepods")
+                .join(format!("pod{}", uid));
             if d.exists() {
                 found.push(d);
             }
@@ -346,13 +484,27 @@ impl Node {
 
     /// Container ids runc knows in this node's runtime root.
     pub fn runc_list(&self) -> Vec<String> {
-        let out = Command::new("runc").arg("--root").arg(&self.runtime_root).args(["list", "-q"]).output().expect("running runc list");
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .args(["list", "-q"])
+            .output()
+            .expect("running runc list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// `runc state`'s status ("running", "stopped", ...) or None when runc does not know it.
     pub fn runc_status(&self, container_id: &str) -> Option<String> {
-        let out = Command::new("runc").arg("--root").arg(&self.runtime_root).args(["state", container_id.trim_start_matches("runc://")]).output().ok()?;
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .args(["state", container_id.trim_start_matches("runc://")])
+            .output()
+            .ok()?;
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         v["status"].as_str().map(str::to_string)
     }
@@ -379,24 +531,39 @@ impl Drop for Node {
 
 /// The status of the pod's container `name`.
 pub fn cstatus<'a>(pod: &'a Value, name: &str) -> &'a Value {
-    pod["status"]["containerStatuses"].as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
 }
 
 pub fn all_running(pod: &Value) -> bool {
-    pod["status"]["containerStatuses"].as_array().is_some_and(|a| !a.is_empty() && a.iter().all(|c| !c["state"]["running"].is_null()))
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|c| !c["state"]["running"].is_null()))
 }
 
 /// The status ("True"/"False") of a pod condition.
 pub fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
-    pod["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?["status"].as_str()
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
 }
 
 pub fn uid(pod: &Value) -> String {
-    pod["metadata"]["uid"].as_str().expect("pod has a uid").to_string()
+    pod["metadata"]["uid"]
+        .as_str()
+        .expect("pod has a uid")
+        .to_string()
 }
 
 pub fn container_id(pod: &Value, name: &str) -> String {
-    cstatus(pod, name)["containerID"].as_str().unwrap_or_else(|| panic!("container {} has no containerID: {}", name, pod["status"])).to_string()
+    cstatus(pod, name)["containerID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("container {} has no containerID: {}", name, pod["status"]))
+        .to_string()
 }
 
 // ---- manifests ----
@@ -413,7 +580,14 @@ pub struct PodManifest {
 }
 
 pub fn pod_manifest(name: &str) -> PodManifest {
-    PodManifest { name: name.into(), namespace: None, restart_policy: None, grace: None, host_network: false, containers: Vec::new() }
+    PodManifest {
+        name: name.into(),
+        namespace: None,
+        restart_policy: None,
+        grace: None,
+        host_network: false,
+        containers: Vec::new(),
+    }
 }
 
 impl PodManifest {
@@ -423,7 +597,8 @@ impl PodManifest {
     }
 
     pub fn container_cmd(mut self, name: &str, command: &[&str]) -> Self {
-        self.containers.push(json!({"name": name, "image": IMAGE, "command": command}));
+        self.containers
+            .push(json!({"name": name, "image": IMAGE, "command": command}));
         self
     }
 
@@ -535,10 +710,17 @@ fn emit_yaml(v: &Value, indent: usize, out: &mut String) {
 /// Checks one CRI log line, `<RFC3339Nano> <stdout|stderr> <F|P> <text>`; returns (stream, tag, text).
 pub fn parse_cri_line(line: &str) -> Result<(&str, &str, &str), String> {
     let mut parts = line.splitn(4, ' ');
-    let (ts, stream, tag) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let text = parts.next().ok_or_else(|| format!("too few fields in {:?}", line))?;
+    let (ts, stream, tag) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let text = parts
+        .next()
+        .ok_or_else(|| format!("too few fields in {:?}", line))?;
     let b = ts.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let ok_ts = b.len() > 21
         && digits(0..4)
         && b[4] == b'-'
@@ -555,10 +737,16 @@ pub fn parse_cri_line(line: &str) -> Result<(&str, &str, &str), String> {
         && digits(20..b.len() - 1)
         && b[b.len() - 1] == b'Z';
     if !ok_ts {
-        return Err(format!("timestamp {:?} is not RFC 3339 with fractional seconds in {:?}", ts, line));
+        return Err(format!(
+            "timestamp {:?} is not RFC 3339 with fractional seconds in {:?}",
+            ts, line
+        ));
     }
     if stream != "stdout" && stream != "stderr" {
-        return Err(format!("stream {:?} is not stdout|stderr in {:?}", stream, line));
+        return Err(format!(
+            "stream {:?} is not stdout|stderr in {:?}",
+            stream, line
+        ));
     }
     if tag != "F" && tag != "P" {
         return Err(format!("tag {:?} is not F|P in {:?}", tag, line));
@@ -588,7 +776,10 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -605,11 +796,15 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(raw) = fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmdline.contains(&needle) {
             found.push((pid, cmdline.trim_end().to_string()));
@@ -619,7 +814,10 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(i32, String)> {
 }
 
 fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Removes everything a node may have left: its monitors and runc calls, runc's containers,
@@ -629,12 +827,23 @@ fn cleanup(dir: &Path, runtime_root: &Path, cgroup_root: &str) {
         kill(pid);
     }
     for attempt in 0..5 {
-        let ids: Vec<String> = fs::read_dir(runtime_root).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect();
+        let ids: Vec<String> = fs::read_dir(runtime_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
         if ids.is_empty() {
             break;
         }
         for id in &ids {
-            let _ = Command::new("runc").arg("--root").arg(runtime_root).args(["delete", "--force", id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(runtime_root)
+                .args(["delete", "--force", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(200));
@@ -642,7 +851,11 @@ fn cleanup(dir: &Path, runtime_root: &Path, cgroup_root: &str) {
     }
     let cg = cgroup_root.trim_matches('/');
     if !cg.is_empty() && cg.starts_with("tinylet-it-") {
-        for h in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let top = h.path().join(cg);
             if top.is_dir() {
                 remove_cgroup_tree(&top);
@@ -695,7 +908,13 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Cleans up after test processes that died without dropping their nodes (SIGKILL, abort).
 fn sweep_stale() {
-    let parse = |name: &str| -> Option<u32> { name.strip_prefix("tinylet-it-")?.split('-').next()?.parse().ok() };
+    let parse = |name: &str| -> Option<u32> {
+        name.strip_prefix("tinylet-it-")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
+    };
     for e in fs::read_dir("/tmp").into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = parse(&name) {
@@ -705,7 +924,11 @@ fn sweep_stale() {
             }
         }
     }
-    for h in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for h in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for e in fs::read_dir(h.path()).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if parse(&name).is_some_and(|pid| !pid_alive(pid)) && e.path().is_dir() {
@@ -716,7 +939,10 @@ fn sweep_stale() {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("busybox-oci-").and_then(|p| p.parse::<u32>().ok()) {
+        if let Some(pid) = name
+            .strip_prefix("busybox-oci-")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
             if !pid_alive(pid) {
                 let _ = fs::remove_dir_all(e.path());
             }
