@@ -17,6 +17,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod container_spec;
+mod pod_setup;
+mod pod_status;
+mod terminate;
+
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
     Terminate,
@@ -197,80 +202,6 @@ impl PodWorker {
         self.publish();
     }
 
-    fn setup_sandbox(&mut self) {
-        let t0 = std::time::Instant::now();
-        let result = (|| -> Result<sandbox::Sandbox, String> {
-            fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
-            let limits = pod_limits(&self.pod.spec);
-            self.ctx
-                .runtime
-                .cgroups
-                .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
-                .map_err(|e| format!("creating pod cgroup: {}", e))?;
-            let opts = sandbox::SandboxOptions {
-                host_network: self.pod.spec.host_network,
-                host_ipc: self.pod.spec.host_ipc,
-            };
-            let sb = sandbox::ensure(&self.dir, &self.hostname(), opts)
-                .map_err(|e| format!("creating pod sandbox: {}", e))?;
-            self.write_etc_files()
-                .map_err(|e| format!("writing /etc files: {}", e))?;
-            Ok(sb)
-        })();
-        match result {
-            Ok(sb) => {
-                log::debug!(
-                    "pod {}: sandbox ready in {:?}",
-                    self.pod.full_name(),
-                    t0.elapsed()
-                );
-                self.sandbox = Some(sb);
-                self.sandbox_error = None;
-            }
-            Err(e) => {
-                log::error!("pod {}: {}", self.pod.full_name(), e);
-                self.sandbox_error = Some(e);
-                self.sandbox_retry_at = now() + self.ctx.backoff.initial;
-            }
-        }
-    }
-
-    /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
-    fn hostname(&self) -> String {
-        let h = self
-            .pod
-            .spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| self.pod.name.clone());
-        h.chars()
-            .take(63)
-            .collect::<String>()
-            .trim_end_matches(['-', '.'])
-            .to_string()
-    }
-
-    fn write_etc_files(&self) -> std::io::Result<()> {
-        let etc = self.dir.join("etc");
-        fsutil::ensure_dir(&etc)?;
-        let hosts = if self.pod.spec.host_network {
-            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
-        } else {
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{}\n",
-                self.hostname()
-            )
-        };
-        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
-        fsutil::write_volatile(
-            &etc.join("hostname"),
-            format!("{}\n", self.hostname()).as_bytes(),
-            0o644,
-        )?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        fsutil::write_volatile(&etc.join("resolv.conf"), &resolv, 0o644)
-    }
-
     fn save(&self, i: usize) {
         if let Err(e) = store::save_container(&self.dir, &self.containers[i]) {
             log::error!(
@@ -408,37 +339,6 @@ impl PodWorker {
             rec.waiting = None;
         }
         self.save(i);
-    }
-
-    /// Pod fields the downward API exposes to environment variables.
-    fn field(&self, path: &str) -> Option<String> {
-        let host_ip = self.ctx.host_ip.clone().unwrap_or_default();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
-        } else {
-            String::new()
-        };
-        let from_map = |prefix: &str, map: &std::collections::BTreeMap<String, String>| {
-            path.strip_prefix(prefix)
-                .and_then(|r| r.strip_suffix("']"))
-                .map(|k| map.get(k).cloned().unwrap_or_default())
-        };
-        Some(match path {
-            "metadata.name" => self.pod.name.clone(),
-            "metadata.namespace" => self.pod.namespace.clone(),
-            "metadata.uid" => self.pod.uid.clone(),
-            "spec.nodeName" => self.ctx.node_name.clone(),
-            "spec.serviceAccountName" => self.pod.object["spec"]["serviceAccountName"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string(),
-            "status.hostIP" | "status.hostIPs" => host_ip,
-            "status.podIP" | "status.podIPs" => pod_ip,
-            _ => {
-                return from_map("metadata.labels['", &self.pod.meta.labels)
-                    .or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations))
-            }
-        })
     }
 
     /// Sets a waiting reason and schedules the next attempt with the in-memory retry back-off.
@@ -590,157 +490,6 @@ impl PodWorker {
         self.save(i);
     }
 
-    fn container_spec(
-        &self,
-        c: &Container,
-        image: &crate::image::Image,
-        sb: &sandbox::Sandbox,
-    ) -> Result<serde_json::Value, String> {
-        let field = |p: &str| self.field(p);
-        let (env, vars) = env::environment(&image.config, c, &field)?;
-        let args = env::process_args(&image.config, c, &vars)?;
-        let (uid, gid) = env::user(&image.config, c, &image.rootfs)?;
-        let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
-            m.get(k).and_then(quantity::value_to_string)
-        };
-        let memory_limit = q(&c.resources.limits, "memory")
-            .map(|s| quantity::parse_units(&s))
-            .transpose()?;
-        let cpu_limit = q(&c.resources.limits, "cpu")
-            .map(|s| quantity::parse_millis(&s))
-            .transpose()?;
-        let cpu_request = q(&c.resources.requests, "cpu")
-            .map(|s| quantity::parse_millis(&s))
-            .transpose()?
-            .or(cpu_limit);
-        let hostname = self.hostname();
-        let input = spec::SpecInput {
-            container: c,
-            args,
-            env,
-            cwd: env::working_dir(&image.config, c),
-            uid,
-            gid,
-            hostname: (!self.pod.spec.host_network).then_some(hostname.as_str()),
-            rootfs: &image.rootfs,
-            sandbox: sb,
-            host_pid: self.pod.spec.host_pid,
-            cgroups_path: String::new(),
-            etc_dir: &self.dir.join("etc"),
-            memory_limit,
-            cpu_limit_millis: cpu_limit,
-            cpu_request_millis: cpu_request,
-            annotations: vec![
-                ("io.kubernetes.pod.name".into(), self.pod.name.clone()),
-                (
-                    "io.kubernetes.pod.namespace".into(),
-                    self.pod.namespace.clone(),
-                ),
-                ("io.kubernetes.pod.uid".into(), self.pod.uid.clone()),
-                ("io.kubernetes.container.name".into(), c.name.clone()),
-            ],
-        };
-        spec::build(&input)
-    }
-
-    fn container_status(&self, i: usize) -> ContainerStatus {
-        let c = &self.pod.spec.containers[i];
-        let rec = &self.containers[i];
-        let creating = || StateWaiting {
-            reason: Some("ContainerCreating".into()),
-            message: None,
-        };
-        let mut state = ContainerState::default();
-        let mut container_id = None;
-        if let Some(att) = &rec.current {
-            container_id = Some(format!("runc://{}", att.id));
-            match &att.started_at {
-                Some(t) => {
-                    state.running = Some(StateRunning {
-                        started_at: t.clone(),
-                    })
-                }
-                None => state.waiting = Some(creating()),
-            }
-        } else if let Some(f) = &rec.final_state {
-            container_id = f.container_id.clone();
-            state.terminated = Some(f.clone());
-        } else {
-            state.waiting = Some(rec.waiting.clone().unwrap_or_else(creating));
-        }
-        let running = state.running.is_some();
-        ContainerStatus {
-            name: c.name.clone(),
-            state,
-            last_state: ContainerState {
-                terminated: rec.last_terminated.clone(),
-                ..Default::default()
-            },
-            ready: running,
-            restart_count: rec.restart_count,
-            image: if rec.image.is_empty() {
-                c.image.clone()
-            } else {
-                rec.image.clone()
-            },
-            image_id: rec.image_id.clone(),
-            container_id,
-            started: Some(running),
-        }
-    }
-
-    fn publish(&mut self) {
-        let statuses: Vec<ContainerStatus> = (0..self.containers.len())
-            .map(|i| self.container_status(i))
-            .collect();
-        let phase = status::phase(&self.pod.spec, &statuses);
-        let previous = self
-            .published
-            .as_ref()
-            .map(|p| p.conditions.clone())
-            .unwrap_or_default();
-        let conditions = status::conditions(
-            &self.pod.spec,
-            &statuses,
-            phase,
-            self.sandbox.is_some(),
-            &previous,
-            &ts(now()),
-        );
-        let host_ip = self.ctx.host_ip.clone();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
-        } else {
-            None
-        };
-        let st = PodStatus {
-            phase: phase.into(),
-            conditions,
-            message: self.sandbox_error.clone(),
-            reason: None,
-            host_ips: host_ip
-                .iter()
-                .map(|ip| IpEntry { ip: ip.clone() })
-                .collect(),
-            host_ip,
-            pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
-            pod_ip,
-            start_time: self.record.start_time.clone(),
-            container_statuses: statuses,
-            qos_class: Some(status::qos_class(&self.pod.spec).into()),
-        };
-        if self.published.as_ref() == Some(&st) {
-            return;
-        }
-        if self.published.as_ref().map(|p| p.phase.as_str()) != Some(phase) {
-            log::info!("pod {}: phase {}", self.pod.full_name(), phase);
-        }
-        if let Err(e) = store::save_status(&self.dir, &st) {
-            log::error!("pod {}: saving status: {}", self.pod.full_name(), e);
-        }
-        self.published = Some(st);
-    }
-
     /// Short while a container is starting (to report Running promptly), longer while it runs,
     /// and never past the next scheduled retry.
     fn next_wake(&self) -> Duration {
@@ -767,113 +516,8 @@ impl PodWorker {
         }
         Duration::from_secs_f64(wake)
     }
-
-    fn terminate(&mut self) {
-        let name = self.pod.full_name();
-        let grace = self
-            .pod
-            .spec
-            .termination_grace_period_seconds
-            .unwrap_or(30)
-            .max(MIN_GRACE_SECS);
-        log::info!("pod {}: terminating (grace period {}s)", name, grace);
-        let rt = &self.ctx.runtime;
-        let ids: Vec<String> = self
-            .containers
-            .iter()
-            .filter_map(|c| c.current.as_ref().map(|a| a.id.clone()))
-            .collect();
-        let alive =
-            |id: &String| matches!(rt.observe(id), Observed::Running(_) | Observed::Starting);
-        let wait_all = |deadline: f64| {
-            while now() < deadline && ids.iter().any(alive) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        for id in ids.iter().filter(|id| alive(id)) {
-            if let Err(e) = rt.signal(id, "TERM") {
-                log::debug!("pod {}: {}", name, e);
-            }
-        }
-        wait_all(now() + grace as f64);
-        for id in ids.iter().filter(|id| alive(id)) {
-            log::info!(
-                "pod {}: container {} did not stop within {}s; killing it",
-                name,
-                short(id),
-                grace
-            );
-            if let Err(e) = rt.signal(id, "KILL") {
-                log::debug!("pod {}: {}", name, e);
-            }
-        }
-        wait_all(now() + 10.0);
-        for attempt in 0..3 {
-            match self.remove_everything(&ids) {
-                Ok(()) => {
-                    log::info!("pod {}: terminated and removed", name);
-                    return;
-                }
-                Err(e) if attempt == 2 => log::error!("pod {}: cleanup incomplete: {}", name, e),
-                Err(_) => std::thread::sleep(Duration::from_secs(1)),
-            }
-        }
-    }
-
-    fn remove_everything(&self, ids: &[String]) -> Result<(), String> {
-        let rt = &self.ctx.runtime;
-        for id in ids {
-            rt.remove(id)?;
-        }
-        sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
-        rt.cgroups
-            .remove(&rt.pod_cgroup(&self.pod.uid))
-            .map_err(|e| e.to_string())?;
-        let logs = self.ctx.pod_log_dir.join(format!(
-            "{}_{}_{}",
-            self.pod.namespace, self.pod.name, self.pod.uid
-        ));
-        fsutil::remove_dir_all_if_exists(&logs).map_err(|e| e.to_string())?;
-        fsutil::remove_dir_all_if_exists(&self.dir).map_err(|e| e.to_string())
-    }
 }
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-/// Pod-level limits: the sum of the containers' limits when every container has one (the kubelet's rule).
-fn pod_limits(spec: &PodSpec) -> crate::runtime::cgroups::Limits {
-    let sum = |res: &str, millis: bool| -> Option<u64> {
-        spec.containers.iter().try_fold(0u64, |acc, c| {
-            let s = c
-                .resources
-                .limits
-                .get(res)
-                .and_then(quantity::value_to_string)?;
-            let v = if millis {
-                quantity::parse_millis(&s).ok()?
-            } else {
-                quantity::parse_units(&s).ok()?
-            };
-            Some(acc.saturating_add(v))
-        })
-    };
-    let requests: u64 = spec
-        .containers
-        .iter()
-        .filter_map(|c| {
-            c.resources
-                .requests
-                .get("cpu")
-                .or_else(|| c.resources.limits.get("cpu"))
-                .and_then(quantity::value_to_string)
-        })
-        .filter_map(|s| quantity::parse_millis(&s).ok())
-        .sum();
-    crate::runtime::cgroups::Limits {
-        memory_bytes: sum("memory", false),
-        cpu_limit_millis: sum("cpu", true),
-        cpu_request_millis: (requests > 0).then_some(requests),
-    }
 }

@@ -1,0 +1,90 @@
+//! From a container of the pod to the OCI spec runc gets: downward-API fields, environment,
+//! command, user and limits.
+
+use super::*;
+
+impl PodWorker {
+    /// Pod fields the downward API exposes to environment variables.
+    pub(super) fn field(&self, path: &str) -> Option<String> {
+        let host_ip = self.ctx.host_ip.clone().unwrap_or_default();
+        let pod_ip = if self.pod.spec.host_network {
+            host_ip.clone()
+        } else {
+            String::new()
+        };
+        let from_map = |prefix: &str, map: &std::collections::BTreeMap<String, String>| {
+            path.strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix("']"))
+                .map(|k| map.get(k).cloned().unwrap_or_default())
+        };
+        Some(match path {
+            "metadata.name" => self.pod.name.clone(),
+            "metadata.namespace" => self.pod.namespace.clone(),
+            "metadata.uid" => self.pod.uid.clone(),
+            "spec.nodeName" => self.ctx.node_name.clone(),
+            "spec.serviceAccountName" => self.pod.object["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            "status.hostIP" | "status.hostIPs" => host_ip,
+            "status.podIP" | "status.podIPs" => pod_ip,
+            _ => {
+                return from_map("metadata.labels['", &self.pod.meta.labels)
+                    .or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations))
+            }
+        })
+    }
+
+    pub(super) fn container_spec(
+        &self,
+        c: &Container,
+        image: &crate::image::Image,
+        sb: &sandbox::Sandbox,
+    ) -> Result<serde_json::Value, String> {
+        let field = |p: &str| self.field(p);
+        let (env, vars) = env::environment(&image.config, c, &field)?;
+        let args = env::process_args(&image.config, c, &vars)?;
+        let (uid, gid) = env::user(&image.config, c, &image.rootfs)?;
+        let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
+            m.get(k).and_then(quantity::value_to_string)
+        };
+        let memory_limit = q(&c.resources.limits, "memory")
+            .map(|s| quantity::parse_units(&s))
+            .transpose()?;
+        let cpu_limit = q(&c.resources.limits, "cpu")
+            .map(|s| quantity::parse_millis(&s))
+            .transpose()?;
+        let cpu_request = q(&c.resources.requests, "cpu")
+            .map(|s| quantity::parse_millis(&s))
+            .transpose()?
+            .or(cpu_limit);
+        let hostname = self.hostname();
+        let input = spec::SpecInput {
+            container: c,
+            args,
+            env,
+            cwd: env::working_dir(&image.config, c),
+            uid,
+            gid,
+            hostname: (!self.pod.spec.host_network).then_some(hostname.as_str()),
+            rootfs: &image.rootfs,
+            sandbox: sb,
+            host_pid: self.pod.spec.host_pid,
+            cgroups_path: String::new(),
+            etc_dir: &self.dir.join("etc"),
+            memory_limit,
+            cpu_limit_millis: cpu_limit,
+            cpu_request_millis: cpu_request,
+            annotations: vec![
+                ("io.kubernetes.pod.name".into(), self.pod.name.clone()),
+                (
+                    "io.kubernetes.pod.namespace".into(),
+                    self.pod.namespace.clone(),
+                ),
+                ("io.kubernetes.pod.uid".into(), self.pod.uid.clone()),
+                ("io.kubernetes.container.name".into(), c.name.clone()),
+            ],
+        };
+        spec::build(&input)
+    }
+}

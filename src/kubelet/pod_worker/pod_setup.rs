@@ -1,0 +1,116 @@
+//! The pod-level half of a worker's job: pod cgroup, namespaces, shm and the /etc files
+//! every container of the pod mounts.
+
+use super::*;
+
+impl PodWorker {
+    pub(super) fn setup_sandbox(&mut self) {
+        let t0 = std::time::Instant::now();
+        let result = (|| -> Result<sandbox::Sandbox, String> {
+            fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
+            let limits = pod_limits(&self.pod.spec);
+            self.ctx
+                .runtime
+                .cgroups
+                .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
+                .map_err(|e| format!("creating pod cgroup: {}", e))?;
+            let opts = sandbox::SandboxOptions {
+                host_network: self.pod.spec.host_network,
+                host_ipc: self.pod.spec.host_ipc,
+            };
+            let sb = sandbox::ensure(&self.dir, &self.hostname(), opts)
+                .map_err(|e| format!("creating pod sandbox: {}", e))?;
+            self.write_etc_files()
+                .map_err(|e| format!("writing /etc files: {}", e))?;
+            Ok(sb)
+        })();
+        match result {
+            Ok(sb) => {
+                log::debug!(
+                    "pod {}: sandbox ready in {:?}",
+                    self.pod.full_name(),
+                    t0.elapsed()
+                );
+                self.sandbox = Some(sb);
+                self.sandbox_error = None;
+            }
+            Err(e) => {
+                log::error!("pod {}: {}", self.pod.full_name(), e);
+                self.sandbox_error = Some(e);
+                self.sandbox_retry_at = now() + self.ctx.backoff.initial;
+            }
+        }
+    }
+
+    /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
+    pub(super) fn hostname(&self) -> String {
+        let h = self
+            .pod
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.pod.name.clone());
+        h.chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string()
+    }
+
+    pub(super) fn write_etc_files(&self) -> std::io::Result<()> {
+        let etc = self.dir.join("etc");
+        fsutil::ensure_dir(&etc)?;
+        let hosts = if self.pod.spec.host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            format!(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{}\n",
+                self.hostname()
+            )
+        };
+        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
+        fsutil::write_volatile(
+            &etc.join("hostname"),
+            format!("{}\n", self.hostname()).as_bytes(),
+            0o644,
+        )?;
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        fsutil::write_volatile(&etc.join("resolv.conf"), &resolv, 0o644)
+    }
+}
+
+/// Pod-level limits: the sum of the containers' limits when every container has one (the kubelet's rule).
+pub(super) fn pod_limits(spec: &PodSpec) -> crate::runtime::cgroups::Limits {
+    let sum = |res: &str, millis: bool| -> Option<u64> {
+        spec.containers.iter().try_fold(0u64, |acc, c| {
+            let s = c
+                .resources
+                .limits
+                .get(res)
+                .and_then(quantity::value_to_string)?;
+            let v = if millis {
+                quantity::parse_millis(&s).ok()?
+            } else {
+                quantity::parse_units(&s).ok()?
+            };
+            Some(acc.saturating_add(v))
+        })
+    };
+    let requests: u64 = spec
+        .containers
+        .iter()
+        .filter_map(|c| {
+            c.resources
+                .requests
+                .get("cpu")
+                .or_else(|| c.resources.limits.get("cpu"))
+                .and_then(quantity::value_to_string)
+        })
+        .filter_map(|s| quantity::parse_millis(&s).ok())
+        .sum();
+    crate::runtime::cgroups::Limits {
+        memory_bytes: sum("memory", false),
+        cpu_limit_millis: sum("cpu", true),
+        cpu_request_millis: (requests > 0).then_some(requests),
+    }
+}

@@ -1,0 +1,103 @@
+//! The pod status the worker publishes (status.json, what `ps` and later the API server see).
+
+use super::*;
+
+impl PodWorker {
+    pub(super) fn container_status(&self, i: usize) -> ContainerStatus {
+        let c = &self.pod.spec.containers[i];
+        let rec = &self.containers[i];
+        let creating = || StateWaiting {
+            reason: Some("ContainerCreating".into()),
+            message: None,
+        };
+        let mut state = ContainerState::default();
+        let mut container_id = None;
+        if let Some(att) = &rec.current {
+            container_id = Some(format!("runc://{}", att.id));
+            match &att.started_at {
+                Some(t) => {
+                    state.running = Some(StateRunning {
+                        started_at: t.clone(),
+                    })
+                }
+                None => state.waiting = Some(creating()),
+            }
+        } else if let Some(f) = &rec.final_state {
+            container_id = f.container_id.clone();
+            state.terminated = Some(f.clone());
+        } else {
+            state.waiting = Some(rec.waiting.clone().unwrap_or_else(creating));
+        }
+        let running = state.running.is_some();
+        ContainerStatus {
+            name: c.name.clone(),
+            state,
+            last_state: ContainerState {
+                terminated: rec.last_terminated.clone(),
+                ..Default::default()
+            },
+            ready: running,
+            restart_count: rec.restart_count,
+            image: if rec.image.is_empty() {
+                c.image.clone()
+            } else {
+                rec.image.clone()
+            },
+            image_id: rec.image_id.clone(),
+            container_id,
+            started: Some(running),
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        let statuses: Vec<ContainerStatus> = (0..self.containers.len())
+            .map(|i| self.container_status(i))
+            .collect();
+        let phase = status::phase(&self.pod.spec, &statuses);
+        let previous = self
+            .published
+            .as_ref()
+            .map(|p| p.conditions.clone())
+            .unwrap_or_default();
+        let conditions = status::conditions(
+            &self.pod.spec,
+            &statuses,
+            phase,
+            self.sandbox.is_some(),
+            &previous,
+            &ts(now()),
+        );
+        let host_ip = self.ctx.host_ip.clone();
+        let pod_ip = if self.pod.spec.host_network {
+            host_ip.clone()
+        } else {
+            None
+        };
+        let st = PodStatus {
+            phase: phase.into(),
+            conditions,
+            message: self.sandbox_error.clone(),
+            reason: None,
+            host_ips: host_ip
+                .iter()
+                .map(|ip| IpEntry { ip: ip.clone() })
+                .collect(),
+            host_ip,
+            pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
+            pod_ip,
+            start_time: self.record.start_time.clone(),
+            container_statuses: statuses,
+            qos_class: Some(status::qos_class(&self.pod.spec).into()),
+        };
+        if self.published.as_ref() == Some(&st) {
+            return;
+        }
+        if self.published.as_ref().map(|p| p.phase.as_str()) != Some(phase) {
+            log::info!("pod {}: phase {}", self.pod.full_name(), phase);
+        }
+        if let Err(e) = store::save_status(&self.dir, &st) {
+            log::error!("pod {}: saving status: {}", self.pod.full_name(), e);
+        }
+        self.published = Some(st);
+    }
+}
