@@ -60,7 +60,12 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
         .name("static-source".into())
         .spawn(move || loop {
             source.wait(Duration::from_secs(1));
-            if source.scan() && source_tx.send(Event::Desired(source.desired())).is_err() {
+            let t0 = std::time::Instant::now();
+            let changed = source.scan();
+            if changed {
+                log::debug!("manifest directory changed; re-read in {:?}", t0.elapsed());
+            }
+            if changed && source_tx.send(Event::Desired(source.desired())).is_err() {
                 return;
             }
         })

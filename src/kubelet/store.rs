@@ -86,7 +86,10 @@ pub fn load_status(dir: &Path) -> Option<PodStatus> {
 pub fn save_container(dir: &Path, rec: &ContainerRecord) -> std::io::Result<()> {
     let cdir = dir.join("containers");
     fsutil::ensure_dir(&cdir)?;
-    fsutil::write_json_atomic(&cdir.join(format!("{}.json", rec.name)), rec)
+    // Atomic but not fsync'd: it is written on every start and exit, right while runc works,
+    // and a power cut that loses the last write also took the container it describes (the
+    // restart count may then be one short). pod.json, which says what to run, is durable.
+    fsutil::write_json_volatile(&cdir.join(format!("{}.json", rec.name)), rec)
 }
 
 pub fn load_container(dir: &Path, name: &str) -> Option<ContainerRecord> {
