@@ -15,6 +15,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -194,16 +195,14 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
 
     // std resets the signal mask in the child, so runc and the container start with SIGCHLD unblocked.
-    let mut runc_child = a
+    let runc_pid = a
         .runc
         .run_detached(&a.id, &a.bundle)
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .spawn()
-        .map_err(|e| format!("running {}: {}", a.runc.binary.display(), e))?;
-    let status = runc_child
-        .wait()
-        .map_err(|e| format!("waiting for runc: {}", e))?;
+        .map_err(|e| format!("running {}: {}", a.runc.binary.display(), e))?
+        .id() as i32;
     let mut pipes = Pipes {
         fds: [out_r, err_r],
         splitters: [
@@ -213,46 +212,61 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
         eof: [false; 2],
     };
 
-    if !status.success() {
-        let msg = runc::last_error(&a.bundle)
-            .unwrap_or_else(|| format!("runc run exited with {}", status));
-        // Whatever runc printed is already in the pipes; keep it in the log, then record the failure.
-        pipes.pump(&mut log, None, 200);
-        pipes.finish(&mut log);
-        let exited = Exited {
-            exit_code: 128,
-            signal: None,
-            oom_killed: false,
-            finished_at: now(),
-            start_error: Some(msg),
-        };
-        return exited.write(&a.bundle).map_err(|e| e.to_string());
-    }
-    let pid: i32 = std::fs::read_to_string(a.bundle.join("pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or("runc run succeeded but wrote no pid file")?;
-    let started = Started {
-        pid,
-        started_at: now(),
-    };
-    started.write(&a.bundle).map_err(|e| e.to_string())?;
-
-    // Until the container's init exits: copy output, reap children (we are their subreaper).
-    let mut exit: Option<WaitStatus> = reap(pid);
-    while exit.is_none() {
+    // Output is copied from the first byte on, while runc is still finishing: a container's first
+    // lines reach the log as soon as it writes them. `reaped` holds exit statuses collected before
+    // we know which pid they belong to (the container's init can exit, and be re-parented to us,
+    // before runc's pid file is read).
+    let mut reaped: HashMap<i32, WaitStatus> = HashMap::new();
+    let mut container_pid: Option<i32> = None;
+    let exit = loop {
+        reap_into(&mut reaped);
+        if container_pid.is_none() {
+            if let Some(status) = reaped.remove(&runc_pid) {
+                if !matches!(status, WaitStatus::Exited(_, 0)) {
+                    let msg = runc::last_error(&a.bundle)
+                        .unwrap_or_else(|| format!("runc run ended with {:?}", status));
+                    // Whatever runc printed is in the pipes: keep it in the log, then record the failure.
+                    pipes.pump(&mut log, None, 200);
+                    pipes.finish(&mut log);
+                    let exited = Exited {
+                        exit_code: 128,
+                        signal: None,
+                        oom_killed: false,
+                        finished_at: now(),
+                        start_error: Some(msg),
+                    };
+                    return exited.write(&a.bundle).map_err(|e| e.to_string());
+                }
+                let pid: i32 = std::fs::read_to_string(a.bundle.join("pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or("runc run succeeded but wrote no pid file")?;
+                let started = Started {
+                    pid,
+                    started_at: now(),
+                };
+                started.write(&a.bundle).map_err(|e| e.to_string())?;
+                container_pid = Some(pid);
+            }
+        }
+        if let Some(status) = container_pid.and_then(|pid| reaped.remove(&pid)) {
+            break status;
+        }
+        if container_pid.is_some() {
+            // Orphans re-parented to us (hostPID pods) need reaping, not remembering.
+            reaped.clear();
+        }
         if pipes.pump(&mut log, Some(&sigfd), 0) {
             while let Ok(Some(_)) = sigfd.read_signal() {}
         }
-        exit = reap(pid);
-    }
+    };
     // The pid namespace is gone with its init; drain what is left in the pipes (bounded wait).
     pipes.pump(&mut log, None, 2000);
     pipes.finish(&mut log);
 
     let (exit_code, signal) = match exit {
-        Some(WaitStatus::Exited(_, code)) => (code, None),
-        Some(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
         _ => (255, None),
     };
     let oom_killed = Hierarchy::detect().oom_kills(&a.cgroup) > 0;
@@ -266,15 +280,14 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
     exited.write(&a.bundle).map_err(|e| e.to_string())
 }
 
-/// Reaps every exited child; returns the container init's status once it has exited.
-fn reap(container_pid: i32) -> Option<WaitStatus> {
-    let mut found = None;
+/// Reaps every exited child (we are the subreaper of the container's processes) into `reaped`.
+fn reap_into(reaped: &mut HashMap<i32, WaitStatus>) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return found,
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(s) => {
-                if s.pid() == Some(Pid::from_raw(container_pid)) {
-                    found = Some(s);
+                if let Some(pid) = s.pid() {
+                    reaped.insert(pid.as_raw(), s);
                 }
             }
         }
