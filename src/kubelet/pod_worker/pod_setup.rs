@@ -14,14 +14,23 @@ impl PodWorker {
                 .cgroups
                 .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
                 .map_err(|e| format!("creating pod cgroup: {}", e))?;
+            let t_cgroup = t0.elapsed();
             let opts = sandbox::SandboxOptions {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
             };
             let sb = sandbox::ensure(&self.dir, &self.hostname(), opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
+            let t_ns = t0.elapsed();
             self.write_etc_files()
                 .map_err(|e| format!("writing /etc files: {}", e))?;
+            log::debug!(
+                "pod {}: cgroup {:?}, namespaces {:?}, /etc files {:?}",
+                self.pod.full_name(),
+                t_cgroup,
+                t_ns - t_cgroup,
+                t0.elapsed() - t_ns
+            );
             Ok(sb)
         })();
         match result {
