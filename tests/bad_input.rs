@@ -229,3 +229,72 @@ fn a_second_agent_on_the_same_root_dir_is_refused() {
     );
     assert!(node.daemon_alive(), "the first agent is unaffected");
 }
+
+/// Hostile manifests (an alias bomb, a huge file, deep nesting, binary junk) are refused with a
+/// reason while the agent stays small and keeps running the good pod.
+#[test]
+fn hostile_manifests_are_refused_without_hurting_the_agent() {
+    let mut node = Node::start();
+    node.write_manifest(
+        "good.yaml",
+        &pod_manifest("good").container("c", "sleep 3600").yaml(),
+    );
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for w in names.windows(2) {
+        bomb.push_str(&format!(
+            "{}: &{} [{}]\n",
+            w[1],
+            w[1],
+            vec![format!("*{}", w[0]); 9].join(",")
+        ));
+    }
+    node.write_manifest("bomb.yaml", &bomb);
+    node.write_manifest("huge.yaml", &format!("# {}\n", "x".repeat(5 << 20)));
+    node.write_manifest(
+        "deep.yaml",
+        &format!("a: {}{}\n", "[".repeat(50_000), "]".repeat(50_000)),
+    );
+    std::fs::write(
+        node.manifest_path("junk.yaml"),
+        [0xffu8, 0xfe, 0x00, 0x01, 0x80],
+    )
+    .unwrap();
+
+    node.wait_running("good");
+    node.wait_for(WAIT, "the footer to list the four hostile manifests", |n| {
+        footer(n).len() >= 4
+    });
+    let f = footer(&node).join("\n");
+    assert!(f.contains("bomb.yaml") && f.contains("alias bomb"), "{}", f);
+    assert!(
+        f.contains("huge.yaml") && f.contains("larger than 4 MiB"),
+        "{}",
+        f
+    );
+    assert!(
+        f.contains("deep.yaml") && f.contains("recursion limit"),
+        "{}",
+        f
+    );
+    assert!(f.contains("junk.yaml") && f.contains("not UTF-8"), "{}", f);
+    assert!(
+        node.daemon_alive(),
+        "the agent died:\n{}",
+        node.daemon_log_tail(20)
+    );
+    let pid = node.daemon_pid();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid)).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "the agent's peak RSS reached {} KiB",
+        rss_kib
+    );
+}

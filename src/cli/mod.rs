@@ -200,8 +200,7 @@ fn validate(rest: &[String]) -> Result<(), String> {
     }
     let mut errors = 0;
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {}", f.display(), e))?;
-        for r in kubelet::manifest::parse_manifest(&f, &text, &node) {
+        for r in kubelet::manifest::read_manifest_file(&f, &node) {
             match r {
                 Ok(p) => println!(
                     "ok    {}: pod {} (uid {})",

@@ -2,3 +2,4 @@
 
 pub mod quantity;
 pub mod types;
+pub mod yaml;

@@ -80,6 +80,36 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
+/// Larger files are refused unread: the API server's own limit on an object is ~1.5 MiB.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Reads and parses one manifest file (bounded in size, UTF-8 only).
+pub fn read_manifest_file(path: &Path, node_name: &str) -> Vec<Result<DesiredPod, ManifestError>> {
+    let err = |message: String| {
+        vec![Err(ManifestError {
+            file: path.to_path_buf(),
+            document: None,
+            message,
+        })]
+    };
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        use std::io::Read;
+        f.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text)
+    });
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            err("file is not UTF-8 text".into())
+        }
+        Err(e) => err(format!("reading: {}", e)),
+        Ok(n) if n as u64 > MAX_MANIFEST_BYTES => err(format!(
+            "file is larger than {} MiB",
+            MAX_MANIFEST_BYTES >> 20
+        )),
+        Ok(_) => parse_manifest(path, &text, node_name),
+    }
+}
+
 /// Parses every document in `text`; each yields a pod or an error, independently of the others.
 pub fn parse_manifest(
     file: &Path,
@@ -97,7 +127,7 @@ pub fn parse_manifest(
             Err(e) => return vec![Err(err(None, format!("JSON syntax: {}", e)))],
         }
     } else {
-        match yaml_documents(text) {
+        match crate::kube::yaml::documents(text) {
             Ok(docs) => docs,
             Err(e) => return vec![Err(err(None, e))],
         }
@@ -337,74 +367,6 @@ pub fn default_pull_policy(image: &str) -> &'static str {
         Some((_, tag)) if tag != "latest" => "IfNotPresent",
         _ => "Always",
     }
-}
-
-// ---- YAML -> JSON values ----
-
-fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
-    use yaml_rust2::YamlLoader;
-    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("YAML syntax: {}", e))?;
-    docs.iter().map(|d| yaml_to_json(d, "")).collect()
-}
-
-fn yaml_to_json(y: &yaml_rust2::Yaml, path: &str) -> Result<Value, String> {
-    use yaml_rust2::Yaml;
-    let at = |p: &str| {
-        if p.is_empty() {
-            "<document>".to_string()
-        } else {
-            p.to_string()
-        }
-    };
-    Ok(match y {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => json!(i),
-        Yaml::Real(r) => {
-            let f: f64 = r
-                .parse()
-                .map_err(|_| format!("{}: invalid number {:?}", at(path), r))?;
-            serde_json::Number::from_f64(f)
-                .map(Value::Number)
-                .ok_or_else(|| format!("{}: number {:?} is not finite", at(path), r))?
-        }
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| yaml_to_json(v, &format!("{}[{}]", path, i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        Yaml::Hash(h) => {
-            let mut m = Map::new();
-            for (k, v) in h {
-                let key = match k {
-                    Yaml::String(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    Yaml::Boolean(b) => b.to_string(),
-                    other => {
-                        return Err(format!(
-                            "{}: mapping keys must be strings, found {:?}",
-                            at(path),
-                            other
-                        ))
-                    }
-                };
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{}.{}", path, key)
-                };
-                m.insert(key, yaml_to_json(v, &child)?);
-            }
-            Value::Object(m)
-        }
-        Yaml::Alias(_) => return Err(format!("{}: YAML aliases are not supported", at(path))),
-        Yaml::BadValue => return Err(format!("{}: invalid YAML value", at(path))),
-        #[allow(unreachable_patterns)]
-        _ => return Err(format!("{}: unsupported YAML node", at(path))),
-    })
 }
 
 #[cfg(test)]

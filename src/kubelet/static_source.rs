@@ -2,7 +2,7 @@
 //! inotify and rescanned every second as a safety net. Only files whose size, mtime or inode
 //! changed are re-read. Hidden files (".name") are ignored, as the kubelet does.
 
-use super::manifest::{parse_manifest, DesiredPod, ManifestError};
+use super::manifest::{read_manifest_file, DesiredPod, ManifestError};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -83,21 +83,7 @@ impl StaticSource {
                 continue;
             }
             changed = true;
-            let results = match std::fs::read(&path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => parse_manifest(&path, &text, &self.node_name),
-                    Err(_) => vec![Err(ManifestError {
-                        file: path.clone(),
-                        document: None,
-                        message: "file is not UTF-8 text".into(),
-                    })],
-                },
-                Err(e) => vec![Err(ManifestError {
-                    file: path.clone(),
-                    document: None,
-                    message: format!("reading: {}", e),
-                })],
-            };
+            let results = read_manifest_file(&path, &self.node_name);
             for r in &results {
                 if let Err(e) = r {
                     log::error!("{}", e);

@@ -204,6 +204,14 @@ impl Node {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The daemon's process id (panics if it is not running).
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon
+            .as_ref()
+            .expect("the daemon is not running")
+            .id()
+    }
+
     /// SIGKILL to the daemon (its pods keep running).
     pub fn kill9_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
