@@ -237,6 +237,11 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
             return Err(format!("spec.restartPolicy: Unsupported value: {:?}: supported values: \"Always\", \"OnFailure\", \"Never\"", p));
         }
     }
+    if let Some(h) = &spec.hostname {
+        if !is_dns_label(h) {
+            return Err(format!("spec.hostname: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'", h));
+        }
+    }
     if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
         return Err("spec.terminationGracePeriodSeconds: Invalid value: must be >= 0".into());
     }
@@ -263,6 +268,12 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
         for (j, e) in c.env.iter().enumerate() {
             if e.name.is_empty() {
                 return Err(format!("{}.env[{}].name: Required value", field, j));
+            }
+            if !is_env_var_name(&e.name) {
+                return Err(format!(
+                    "{}.env[{}].name: Invalid value: {:?}: a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit",
+                    field, j, e.name
+                ));
             }
         }
         for (kind, map) in [
@@ -295,6 +306,12 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+fn is_env_var_name(s: &str) -> bool {
+    !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -445,6 +462,17 @@ mod tests {
                     "    image: busybox:1.36\n    resources: {limits: {memory: lots}}\n",
                 ),
                 "spec.containers[0].resources.limits.memory",
+            ),
+            (
+                GOOD.replace("spec:\n", "spec:\n  hostname: \"bad\\nname\"\n"),
+                "spec.hostname: Invalid value",
+            ),
+            (
+                GOOD.replace(
+                    "    image: busybox:1.36\n",
+                    "    image: busybox:1.36\n    env: [{name: '1=X', value: v}]\n",
+                ),
+                "spec.containers[0].env[0].name: Invalid value",
             ),
             (
                 GOOD.replace("spec:\n", "spec:\n  restartPolicy: Sometimes\n"),
