@@ -69,9 +69,8 @@ impl Runtime {
         format!("{}/{}", self.pod_cgroup(uid), id)
     }
 
-    /// Makes the bundle (rootfs + config.json) and starts the container's monitor, which runs runc.
-    /// Returns once the monitor is detached; `observe` tells when the container runs.
-    pub fn start(&self, id: &str, req: &StartRequest) -> Result<(), String> {
+    /// Makes the bundle: rootfs (overlay over the image snapshot) and config.json.
+    pub fn prepare(&self, id: &str, req: &StartRequest) -> Result<(), String> {
         let bundle = self.bundle(id);
         let result = (|| {
             fsutil::ensure_dir(&bundle).map_err(|e| e.to_string())?;
@@ -82,26 +81,35 @@ impl Runtime {
             spec["linux"]["cgroupsPath"] =
                 serde_json::json!(self.container_cgroup(req.pod_uid, id));
             fsutil::write_json_volatile(&bundle.join("config.json"), &spec)
-                .map_err(|e| format!("writing config.json: {}", e))?;
-            let args = shim::ShimArgs {
-                id: id.to_string(),
-                bundle: bundle.clone(),
-                runc: self.runc.clone(),
-                log_path: req.log_path.to_path_buf(),
-                cgroup: self.container_cgroup(req.pod_uid, id),
-            };
-            let status = Command::new(&self.self_exe)
-                .args(args.to_args())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map_err(|e| format!("starting monitor {}: {}", self.self_exe.display(), e))?;
-            if !status.success() {
-                return Err(format!("container monitor failed to start: {}", status));
-            }
-            Ok(())
+                .map_err(|e| format!("writing config.json: {}", e))
         })();
+        if result.is_err() {
+            let _ = self.remove(id);
+        }
+        result
+    }
+
+    /// Starts the container's monitor, which runs runc on the prepared bundle. Returns once the
+    /// monitor is detached; `observe` tells when the container runs.
+    pub fn launch(&self, id: &str, req: &StartRequest) -> Result<(), String> {
+        let args = shim::ShimArgs {
+            id: id.to_string(),
+            bundle: self.bundle(id),
+            runc: self.runc.clone(),
+            log_path: req.log_path.to_path_buf(),
+            cgroup: self.container_cgroup(req.pod_uid, id),
+        };
+        let result = Command::new(&self.self_exe)
+            .args(args.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("starting monitor {}: {}", self.self_exe.display(), e))
+            .and_then(|status| match status.success() {
+                true => Ok(()),
+                false => Err(format!("container monitor failed to start: {}", status)),
+            });
         if result.is_err() {
             let _ = self.remove(id);
         }

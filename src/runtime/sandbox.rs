@@ -28,9 +28,33 @@ fn ns_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("ns")
 }
 
-/// Creates the sandbox, or returns the existing one when its namespaces are still mounted
+/// A sandbox whose namespaces are being made on a thread of their own: the caller prepares the
+/// containers' bundles meanwhile (the paths are known in advance) and calls `wait` before any
+/// container is started in it.
+pub struct PendingSandbox {
+    sandbox: Sandbox,
+    namespaces: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl PendingSandbox {
+    /// The sandbox's paths; valid for building specs before `wait`.
+    pub fn paths(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Blocks until the namespaces are pinned; the sandbox is usable once this returns Ok.
+    pub fn wait(self) -> io::Result<Sandbox> {
+        if let Some(t) = self.namespaces {
+            t.join()
+                .map_err(|_| io::Error::other("namespace thread panicked"))??;
+        }
+        Ok(self.sandbox)
+    }
+}
+
+/// Starts making the sandbox, or returns the existing one when its namespaces are still mounted
 /// (an agent restart adopts the pod).
-pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result<Sandbox> {
+pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result<PendingSandbox> {
     let dir = ns_dir(pod_dir);
     fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating", &dir))?;
     let mut kinds: Vec<(&str, CloneFlags)> = Vec::new();
@@ -40,27 +64,6 @@ pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Resul
     }
     if !opts.host_ipc {
         kinds.push(("ipc", CloneFlags::CLONE_NEWIPC));
-    }
-    let all_mounted = kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k)));
-    if !all_mounted {
-        // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
-        unmount_namespaces(&dir);
-        for (k, _) in &kinds {
-            let f = dir.join(k);
-            fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
-        }
-        let flags = kinds
-            .iter()
-            .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
-        let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
-        let (dir2, host) = (dir.clone(), hostname.to_string());
-        let net = !opts.host_network;
-        std::thread::Builder::new()
-            .name("sandbox".into())
-            .spawn(move || unshare_and_pin(flags, &names, &dir2, &host, net))
-            .map_err(|e| ctx(e, "spawning namespace thread for", &dir))?
-            .join()
-            .map_err(|_| io::Error::other("namespace thread panicked"))??;
     }
     let shm = pod_dir.join("shm");
     if !is_mountpoint(&shm) {
@@ -75,11 +78,38 @@ pub fn ensure(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Resul
         .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", &shm))?;
     }
     let path = |k: &str| kinds.iter().any(|(n, _)| *n == k).then(|| dir.join(k));
-    Ok(Sandbox {
+    let sandbox = Sandbox {
         net: path("net"),
         ipc: path("ipc"),
         uts: path("uts"),
         shm,
+    };
+    if kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k))) {
+        return Ok(PendingSandbox {
+            sandbox,
+            namespaces: None,
+        });
+    }
+    // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
+    unmount_namespaces(&dir);
+    for (k, _) in &kinds {
+        let f = dir.join(k);
+        fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
+    }
+    let flags = kinds
+        .iter()
+        .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+    let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
+    let (dir2, host) = (dir.clone(), hostname.to_string());
+    let net = !opts.host_network;
+    let thread = std::thread::Builder::new()
+        .name("sandbox".into())
+        .stack_size(64 * 1024)
+        .spawn(move || unshare_and_pin(flags, &names, &dir2, &host, net))
+        .map_err(|e| ctx(e, "spawning namespace thread for", &dir))?;
+    Ok(PendingSandbox {
+        sandbox,
+        namespaces: Some(thread),
     })
 }
 

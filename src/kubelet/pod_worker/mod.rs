@@ -45,6 +45,9 @@ pub struct PodWorker {
     /// In-memory back-off for image and create errors (not crash loops), per container.
     retry: Vec<Option<Backoff>>,
     sandbox: Option<sandbox::Sandbox>,
+    /// Namespaces being made while the first containers' bundles are prepared.
+    pending_sandbox: Option<sandbox::PendingSandbox>,
+    sandbox_started: Option<std::time::Instant>,
     sandbox_error: Option<String>,
     sandbox_retry_at: f64,
     published: Option<PodStatus>,
@@ -110,6 +113,8 @@ impl PodWorker {
             containers,
             retry: vec![None; n],
             sandbox: None,
+            pending_sandbox: None,
+            sandbox_started: None,
             sandbox_error: None,
             sandbox_retry_at: 0.0,
             published,
@@ -181,14 +186,19 @@ impl PodWorker {
             self.record.start_time = Some(ts(now()));
             self.record_dirty = true;
         }
-        if self.sandbox.is_none() && now() >= self.sandbox_retry_at {
+        if self.sandbox.is_none()
+            && self.pending_sandbox.is_none()
+            && now() >= self.sandbox_retry_at
+        {
             self.setup_sandbox();
         }
-        if self.sandbox.is_some() {
+        if self.sandbox.is_some() || self.pending_sandbox.is_some() {
             for i in 0..self.containers.len() {
                 self.sync_container(i);
             }
         }
+        // No container needed it this time (image missing, back-off): finish it anyway.
+        self.finish_sandbox();
         // After the containers were started: a crash before this only costs a restart of them
         // (their bundles are then orphans and collected), and it keeps an fsync off the start path.
         if self.record_dirty {
@@ -407,7 +417,11 @@ impl PodWorker {
             }
             Err(e) => return self.wait_and_retry(i, "ErrImagePull", e.to_string()),
         };
-        let Some(sb) = self.sandbox.clone() else {
+        let Some(sb) = self
+            .sandbox
+            .clone()
+            .or_else(|| self.pending_sandbox.as_ref().map(|p| p.paths().clone()))
+        else {
             return;
         };
         let spec = match self.container_spec(&c, &image, &sb) {
@@ -439,14 +453,23 @@ impl PodWorker {
             ))
             .join(&c.name)
             .join(format!("{}.log", restart_count));
+        let pod_uid = self.pod.uid.clone();
         let req = StartRequest {
-            pod_uid: &self.pod.uid,
+            pod_uid: &pod_uid,
             snapshot: &image.rootfs,
             spec: &spec,
             log_path: &log_path,
         };
         let t_spec = t0.elapsed();
-        if let Err(e) = self.ctx.runtime.start(&id, &req) {
+        if let Err(e) = self.ctx.runtime.prepare(&id, &req) {
+            return self.wait_and_retry(i, "CreateContainerError", e);
+        }
+        // The bundle was made while the sandbox's namespaces were being created; runc joins them.
+        if !self.finish_sandbox() {
+            let _ = self.ctx.runtime.remove(&id);
+            return;
+        }
+        if let Err(e) = self.ctx.runtime.launch(&id, &req) {
             return self.wait_and_retry(i, "CreateContainerError", e);
         }
         log::debug!(

@@ -4,9 +4,11 @@
 use super::*;
 
 impl PodWorker {
+    /// Creates the pod cgroup and /etc files and starts making the namespaces on a thread of
+    /// their own; `finish_sandbox` waits for them. Container bundles are prepared meanwhile.
     pub(super) fn setup_sandbox(&mut self) {
         let t0 = std::time::Instant::now();
-        let result = (|| -> Result<sandbox::Sandbox, String> {
+        let result = (|| -> Result<sandbox::PendingSandbox, String> {
             fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
             let limits = pod_limits(&self.pod.spec);
             self.ctx
@@ -14,41 +16,51 @@ impl PodWorker {
                 .cgroups
                 .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
                 .map_err(|e| format!("creating pod cgroup: {}", e))?;
-            let t_cgroup = t0.elapsed();
             let opts = sandbox::SandboxOptions {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
             };
-            let sb = sandbox::ensure(&self.dir, &self.hostname(), opts)
+            let pending = sandbox::begin(&self.dir, &self.hostname(), opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
-            let t_ns = t0.elapsed();
             self.write_etc_files()
                 .map_err(|e| format!("writing /etc files: {}", e))?;
-            log::debug!(
-                "pod {}: cgroup {:?}, namespaces {:?}, /etc files {:?}",
-                self.pod.full_name(),
-                t_cgroup,
-                t_ns - t_cgroup,
-                t0.elapsed() - t_ns
-            );
-            Ok(sb)
+            Ok(pending)
         })();
         match result {
-            Ok(sb) => {
-                log::debug!(
-                    "pod {}: sandbox ready in {:?}",
-                    self.pod.full_name(),
-                    t0.elapsed()
-                );
-                self.sandbox = Some(sb);
-                self.sandbox_error = None;
+            Ok(pending) => {
+                self.sandbox_started = Some(t0);
+                self.pending_sandbox = Some(pending);
             }
-            Err(e) => {
-                log::error!("pod {}: {}", self.pod.full_name(), e);
-                self.sandbox_error = Some(e);
-                self.sandbox_retry_at = now() + self.ctx.backoff.initial;
+            Err(e) => self.sandbox_failed(e),
+        }
+    }
+
+    /// Waits for the namespaces `setup_sandbox` started; afterwards `self.sandbox` is set or
+    /// the failure is recorded for the pod's status and retried later.
+    pub(super) fn finish_sandbox(&mut self) -> bool {
+        if let Some(pending) = self.pending_sandbox.take() {
+            match pending.wait() {
+                Ok(sb) => {
+                    if let Some(t0) = self.sandbox_started.take() {
+                        log::debug!(
+                            "pod {}: sandbox ready in {:?}",
+                            self.pod.full_name(),
+                            t0.elapsed()
+                        );
+                    }
+                    self.sandbox = Some(sb);
+                    self.sandbox_error = None;
+                }
+                Err(e) => self.sandbox_failed(format!("creating pod sandbox: {}", e)),
             }
         }
+        self.sandbox.is_some()
+    }
+
+    fn sandbox_failed(&mut self, e: String) {
+        log::error!("pod {}: {}", self.pod.full_name(), e);
+        self.sandbox_error = Some(e);
+        self.sandbox_retry_at = now() + self.ctx.backoff.initial;
     }
 
     /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
