@@ -142,6 +142,15 @@ impl Runtime {
     /// Deletes runc's state, unmounts the rootfs and removes the bundle. Idempotent.
     pub fn remove(&self, id: &str) -> Result<(), String> {
         let bundle = self.bundle(id);
+        let cgroup = fsutil::read_json::<serde_json::Value>(&bundle.join("config.json"))
+            .ok()
+            .flatten()
+            .and_then(|spec| spec["linux"]["cgroupsPath"].as_str().map(str::to_string));
+        if let Some(cgroup) = cgroup
+            .filter(|_| !matches!(self.observe(id), Observed::Running(_) | Observed::Starting))
+        {
+            self.cgroups.reclaim(&cgroup);
+        }
         if self.runc.exists(id) {
             self.runc.delete(id)?;
         }
