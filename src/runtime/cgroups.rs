@@ -146,12 +146,12 @@ impl Hierarchy {
         match self {
             Hierarchy::V1 { .. } => {
                 for dir in self.dirs(cgroup, &["memory"]) {
-                    let _ = fs::write(dir.join("memory.force_empty"), "0");
+                    let _ = write_existing(&dir.join("memory.force_empty"), "0");
                 }
             }
             Hierarchy::V2 { .. } => {
                 for dir in self.dirs(cgroup, &[]) {
-                    let _ = fs::write(dir.join("memory.reclaim"), "1G");
+                    let _ = write_existing(&dir.join("memory.reclaim"), "1G");
                 }
             }
         }
@@ -169,6 +169,12 @@ impl Hierarchy {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// Writes an interface file that must already exist (cgroupfs never creates files on write).
+fn write_existing(path: &Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
 }
 
 fn parse_oom_kill(text: &str) -> u64 {
