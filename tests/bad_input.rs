@@ -239,19 +239,8 @@ fn hostile_manifests_are_refused_without_hurting_the_agent() {
         "good.yaml",
         &pod_manifest("good").container("c", "sleep 3600").yaml(),
     );
-    let mut bomb = String::from(
-        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
-    );
-    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-    for w in names.windows(2) {
-        bomb.push_str(&format!(
-            "{}: &{} [{}]\n",
-            w[1],
-            w[1],
-            vec![format!("*{}", w[0]); 9].join(",")
-        ));
-    }
-    node.write_manifest("bomb.yaml", &bomb);
+    let bomb = include_str!("data/alias-bomb.yaml");
+    node.write_manifest("bomb.yaml", bomb);
     node.write_manifest("huge.yaml", &format!("# {}\n", "x".repeat(5 << 20)));
     node.write_manifest(
         "deep.yaml",

@@ -174,7 +174,10 @@ impl Hierarchy {
 /// Writes an interface file that must already exist (cgroupfs never creates files on write).
 fn write_existing(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
-    fs::OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(value.as_bytes())
 }
 
 fn parse_oom_kill(text: &str) -> u64 {

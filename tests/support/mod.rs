@@ -121,18 +121,7 @@ impl Node {
     }
 
     pub fn import_image(&self) {
-        let out = self.tinylet(&[
-            "image",
-            "import",
-            &image_layout().display().to_string(),
-            "--root-dir",
-            &self.root.display().to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "image import failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.tinylet_ok(&["image", "import", &image_layout().display().to_string()]);
     }
 
     /// The `tinylet run` arguments of this node.
@@ -265,36 +254,29 @@ impl Node {
             .expect("running tinylet")
     }
 
-    pub fn ps_json(&self) -> Value {
-        let out = self.tinylet(&[
-            "ps",
-            "-o",
-            "json",
-            "--root-dir",
-            &self.root.display().to_string(),
-        ]);
+    /// Runs `tinylet ARGS --root-dir <root>`, asserts it succeeded, returns its stdout.
+    pub fn tinylet_ok(&self, args: &[&str]) -> String {
+        let root = self.root.display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--root-dir", root.as_str()]);
+        let out = self.tinylet(&all);
         assert!(
             out.status.success(),
-            "tinylet ps -o json failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "tinylet ps -o json printed invalid JSON ({}): {}",
-                e,
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    pub fn ps_table(&self) -> String {
-        let out = self.tinylet(&["ps", "--root-dir", &self.root.display().to_string()]);
-        assert!(
-            out.status.success(),
-            "tinylet ps failed: {}",
+            "tinylet {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ps_json(&self) -> Value {
+        let out = self.tinylet_ok(&["ps", "-o", "json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("tinylet ps -o json printed invalid JSON ({}): {}", e, out))
+    }
+
+    pub fn ps_table(&self) -> String {
+        self.tinylet_ok(&["ps"])
     }
 
     /// The static pod's full name: `<name>-<node>`.
