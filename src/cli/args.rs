@@ -1,10 +1,11 @@
 //! A small flag parser: `--flag value`, `--flag=value`, boolean `--flag`, short `-f`, positionals.
+//! A repeated flag keeps every value (`get_all`); `get` returns the last, like most CLIs.
 
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
 pub struct Args {
-    flags: BTreeMap<String, String>,
+    flags: BTreeMap<String, Vec<String>>,
     pub positional: Vec<String>,
 }
 
@@ -35,9 +36,15 @@ impl Args {
                             .cloned()
                             .ok_or_else(|| format!("flag --{} needs a value", name))?,
                     };
-                    flags.insert(name.to_string(), v);
+                    flags
+                        .entry(name.to_string())
+                        .or_insert_with(Vec::new)
+                        .push(v);
                 } else if boolean.contains(&name) {
-                    flags.insert(name.to_string(), inline.unwrap_or_else(|| "true".into()));
+                    flags.insert(
+                        name.to_string(),
+                        vec![inline.unwrap_or_else(|| "true".into())],
+                    );
                 } else {
                     return Err(format!("unknown flag {:?}", a));
                 }
@@ -49,11 +56,22 @@ impl Args {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.flags.get(name).map(|s| s.as_str())
+        self.flags
+            .get(name)
+            .and_then(|v| v.last())
+            .map(|s| s.as_str())
+    }
+
+    /// Every value of a repeatable valued flag, in command-line order.
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.flags
+            .get(name)
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     pub fn flag(&self, name: &str) -> bool {
-        self.flags.get(name).is_some_and(|v| v == "true")
+        self.get(name) == Some("true")
     }
 }
 
@@ -76,5 +94,13 @@ mod tests {
             .unwrap_err()
             .contains("--bogus"));
         assert!(Args::parse(&["--root-dir".to_string()], &["root-dir"], &[]).is_err());
+        let v: Vec<String> = ["--ca=a", "x", "--ca", "b", "--o", "1", "--o=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let a = Args::parse(&v, &["ca", "o"], &[]).unwrap();
+        assert_eq!(a.get_all("ca"), vec!["a", "b"]);
+        assert_eq!(a.get("o"), Some("2"));
+        assert!(a.get_all("none").is_empty());
     }
 }

@@ -16,9 +16,13 @@ pub const USAGE: &str = "tinylet: a Kubernetes node agent for edge devices
 usage:
   tinylet run [--root-dir DIR] [--pod-manifest-path DIR] [--node-name NAME] [--runtime RUNC]
               [--runtime-root DIR] [--pod-log-dir DIR] [--cgroup-root PATH] [--node-ip IP] [-v]
+              [--insecure-registry HOST[:PORT]]... [--ca-file PEM]... [--docker-config PATH]
+              [--registry-mirror REGISTRY=URL]... [--serialize-image-pulls=false --max-parallel-image-pulls N]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME   [--root-dir DIR]
+  tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
+              [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]
   tinylet validate [--node-name NAME] PATH...     check manifest files or directories, as `run` would read them
   tinylet version
 ";
@@ -34,6 +38,13 @@ const RUN_FLAGS: &[&str] = &[
     "cgroup-root",
     "node-ip",
     "backoff-scale",
+    "insecure-registry",
+    "ca-file",
+    "docker-config",
+    "registry-mirror",
+    "platform",
+    "serialize-image-pulls",
+    "max-parallel-image-pulls",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -123,10 +134,26 @@ fn root_dir(a: &Args) -> PathBuf {
     PathBuf::from(a.get("root-dir").unwrap_or("/var/lib/tinylet"))
 }
 
+const IMAGE_USAGE: &str = "usage: tinylet image import PATH [--name NAME] | image pull REF [flags] | image ls | image rm NAME";
+
 fn image(rest: &[String]) -> Result<(), String> {
-    let a = Args::parse(rest, &["root-dir", "name"], &[])?;
+    let a = Args::parse(
+        rest,
+        &[
+            "root-dir",
+            "name",
+            "insecure-registry",
+            "ca-file",
+            "docker-config",
+            "platform",
+            "registry-mirror",
+            "creds",
+        ],
+        &[],
+    )?;
     let store = ImageStore::open(&root_dir(&a)).map_err(|e| e.to_string())?;
     match a.positional.first().map(String::as_str) {
+        Some("pull") => image_pull(&store, &a),
         Some("import") => {
             let path = a
                 .positional
@@ -161,10 +188,119 @@ fn image(rest: &[String]) -> Result<(), String> {
             println!("removed {}", name);
             Ok(())
         }
-        _ => {
-            Err("usage: tinylet image import PATH [--name NAME] | image ls | image rm NAME".into())
-        }
+        _ => Err(IMAGE_USAGE.into()),
     }
+}
+
+/// `image pull`: progress lines (layer i/n, bytes, rate) to stderr, the result to stdout.
+/// Registry settings shared by `image pull` and `run`: `--insecure-registry`, `--ca-file`,
+/// `--docker-config`, `--registry-mirror REGISTRY=URL`, `--platform`.
+fn pull_options(a: &Args) -> Result<crate::image::PullOptions, String> {
+    let mut opts = crate::image::PullOptions {
+        insecure_registries: a
+            .get_all("insecure-registry")
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ca_files: a
+            .get_all("ca-file")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        docker_config: a.get("docker-config").map(PathBuf::from),
+        ..Default::default()
+    };
+    for m in a.get_all("registry-mirror") {
+        let (registry, url) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--registry-mirror {:?}: must be REGISTRY=URL", m))?;
+        opts.mirrors
+            .entry(registry.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    if let Some(p) = a.get("platform") {
+        opts.platform = Some(crate::image::Platform::parse(p).map_err(|e| e.to_string())?);
+    }
+    Ok(opts)
+}
+
+fn image_pull(store: &ImageStore, a: &Args) -> Result<(), String> {
+    use crate::image::{PullProgress, RegistryAuth};
+    use std::time::{Duration, Instant};
+
+    let reference = a.positional.get(1).ok_or(
+        "usage: tinylet image pull REF [--insecure-registry HOST[:PORT]]... [--ca-file PEM]... \
+         [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]",
+    )?;
+    let domain = crate::image::normalize_reference(reference)
+        .map_err(|e| e.to_string())?
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut opts = pull_options(a)?;
+    if let Some(creds) = a.get("creds") {
+        let (username, password) = creds.split_once(':').ok_or("--creds must be USER:PASS")?;
+        opts.auths.push(RegistryAuth {
+            registry: domain,
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+    }
+    // (layer, when its download started, when a line was last printed)
+    let mut current: Option<(usize, Instant, Instant)> = None;
+    let mut report = |p: PullProgress| {
+        let now = Instant::now();
+        let done = p.bytes >= p.total;
+        let (started, printed) = match current {
+            Some((layer, started, printed)) if layer == p.layer => (started, Some(printed)),
+            _ => (now, None),
+        };
+        current = Some((p.layer, started, printed.unwrap_or(now)));
+        if printed.is_none() && done {
+            eprintln!(
+                "layer {}/{}: {} already present",
+                p.layer,
+                p.layers,
+                human_size(p.total)
+            );
+            return;
+        }
+        // A line when a layer starts and ends, and at most two a second in between.
+        if printed.is_some_and(|at| !done && now - at < Duration::from_millis(500)) {
+            return;
+        }
+        let rate = p.bytes as f64 / (now - started).as_secs_f64().max(0.001);
+        eprintln!(
+            "layer {}/{}: {} / {} ({}/s)",
+            p.layer,
+            p.layers,
+            human_size(p.bytes),
+            human_size(p.total),
+            human_size(rate as u64)
+        );
+        current = Some((p.layer, started, now));
+    };
+    let image = store
+        .pull(reference, &opts, &mut report)
+        .map_err(|e| pull_error(reference, &e))?;
+    println!("pulled {} ({})", image.name, image.id);
+    Ok(())
+}
+
+/// The error and its causes; pull-specific errors already start with "pulling <ref>".
+fn pull_error(reference: &str, e: &crate::image::ImageError) -> String {
+    let mut msg = e.to_string();
+    if !msg.starts_with("pulling ") {
+        msg = format!("pulling {}: {}", reference, msg);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {}", s));
+        source = s.source();
+    }
+    msg
 }
 
 /// Parses manifests exactly as the daemon does and reports each pod or error.
@@ -311,7 +447,11 @@ fn run(rest: &[String]) -> Result<(), String> {
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
         },
-        images: ImageStore::open(&config.root_dir).map_err(|e| e.to_string())?,
+        images: kubelet::image_puller::ImagePuller::new(
+            ImageStore::open(&config.root_dir).map_err(|e| e.to_string())?,
+            node_pull_options(&a, &config.root_dir)?,
+            max_parallel_pulls(&a)?,
+        ),
         backoff: BackoffPolicy::scaled(config.backoff_scale),
         node_name: config.node_name.clone(),
         host_ip: config.node_ip.clone(),
@@ -321,6 +461,49 @@ fn run(rest: &[String]) -> Result<(), String> {
             .ok(),
     };
     kubelet::run(config, ctx)
+}
+
+/// The node's pull settings: the flags, and a docker config.json at `<root-dir>/config.json` or
+/// `~/.docker/config.json` (where the kubelet looks for node-wide registry credentials).
+fn node_pull_options(
+    a: &Args,
+    root: &std::path::Path,
+) -> Result<crate::image::PullOptions, String> {
+    let mut opts = pull_options(a)?;
+    if opts.docker_config.is_none() {
+        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"));
+        opts.docker_config = [Some(root.join("config.json")), home]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file());
+    }
+    Ok(opts)
+}
+
+/// `--serialize-image-pulls` (default true, as the kubelet's) or `--max-parallel-image-pulls N`.
+fn max_parallel_pulls(a: &Args) -> Result<usize, String> {
+    let serialize = match a.get("serialize-image-pulls") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(format!(
+                "--serialize-image-pulls {:?}: must be true or false",
+                v
+            ))
+        }
+    };
+    if serialize {
+        return Ok(1);
+    }
+    match a.get("max-parallel-image-pulls") {
+        None => Ok(usize::MAX),
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!(
+                "--max-parallel-image-pulls {:?}: must be a positive number",
+                v
+            )
+        }),
+    }
 }
 
 /// One agent per root dir: an exclusive flock held for the daemon's life.

@@ -51,6 +51,38 @@ pub enum ImageError {
     },
     /// The store's index.json is unreadable or of an unknown version.
     CorruptIndex { path: PathBuf, reason: String },
+    /// An image whose documents contradict each other (e.g. diff_ids vs layers).
+    InvalidImage { image: String, reason: String },
+    /// A `--platform` value that is not os/arch[/variant].
+    InvalidPlatform { platform: String, reason: String },
+    /// A registry could not be reached or answered with an error; `message` says which.
+    Registry {
+        reference: String,
+        registry: String,
+        message: String,
+    },
+    /// The registry refused access (401/403) with every credential tried, or anonymously.
+    Unauthorized {
+        reference: String,
+        registry: String,
+        repository: String,
+        status: u16,
+    },
+    /// The registry has no such repository, tag or digest (404).
+    NotFoundInRegistry { reference: String, registry: String },
+    /// A manifest whose shape, mediaType and Content-Type disagree (CVE-2021-41190): refused
+    /// rather than guessed at, since two clients could read it as different images.
+    AmbiguousManifest {
+        reference: String,
+        digest: String,
+        reason: String,
+    },
+    /// A manifest, config or layer of a kind tinylet cannot run (schema 1, zstd, artifacts).
+    UnsupportedMediaType {
+        reference: String,
+        what: String,
+        media_type: String,
+    },
     /// Applying a layer to the snapshot failed.
     Layer {
         image: String,
@@ -144,6 +176,52 @@ impl fmt::Display for ImageError {
             ImageError::CorruptIndex { path, reason } => {
                 write!(f, "image index {} is unusable: {reason}", path.display())
             }
+            ImageError::InvalidImage { image, reason } => {
+                write!(f, "image {image} is malformed: {reason}")
+            }
+            ImageError::InvalidPlatform { platform, reason } => {
+                write!(f, "invalid platform {platform:?}: {reason}")
+            }
+            ImageError::Registry {
+                reference,
+                registry,
+                message,
+            } => write!(f, "pulling {reference}: {message} (registry {registry})"),
+            ImageError::Unauthorized {
+                reference,
+                registry,
+                repository,
+                status,
+            } => write!(
+                f,
+                "pulling {reference}: {status} {} from {registry} for repository {repository} \
+                 (check imagePullSecrets; the repository may also not exist)",
+                if *status == 403 {
+                    "Forbidden"
+                } else {
+                    "Unauthorized"
+                }
+            ),
+            ImageError::NotFoundInRegistry {
+                reference,
+                registry,
+            } => write!(f, "pulling {reference}: not found (404 from {registry})"),
+            ImageError::AmbiguousManifest {
+                reference,
+                digest,
+                reason,
+            } => write!(
+                f,
+                "pulling {reference}: refusing ambiguous manifest {digest}: {reason}"
+            ),
+            ImageError::UnsupportedMediaType {
+                reference,
+                what,
+                media_type,
+            } => write!(
+                f,
+                "pulling {reference}: {what} has unsupported media type {media_type:?}"
+            ),
             ImageError::Layer {
                 image,
                 index,

@@ -1,17 +1,13 @@
-//! `ImageStore::import`: finds the images in a source, moves their verified blobs into the
-//! store, unpacks each snapshot, then records the names — in that order, so a name never points
-//! at an image that is not complete on disk.
+//! `ImageStore::import`: finds the images in a source and moves their verified blobs into the
+//! store; commit.rs then unpacks each snapshot and records the names.
 
-use std::fs::{self, File};
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::File;
 use std::path::Path;
 
 use super::blobs::Expect;
-use super::files::{unique_name, TempPath};
-use super::index::{self, Entry, WriteLock};
-use super::oci::{self, ConfigFile, Descriptor, DockerArchiveEntry, Index, Manifest};
+use super::commit::{self, Complete};
+use super::oci::{self, Descriptor, DockerArchiveEntry, Index, Manifest};
 use super::source::{Format, Source};
-use super::unpack::{ExpectedLayer, Unpacker};
 use super::{digest, normalize_reference, reference, Image, ImageError, ImageStore};
 
 /// Bounds recursion through nested indexes (index -> index -> manifest is the deepest seen).
@@ -36,20 +32,8 @@ pub(crate) fn import(
     path: &Path,
     name: Option<&str>,
 ) -> Result<Vec<Image>, ImageError> {
-    let _lock = WriteLock::acquire(&store.paths.lock)?;
-    store.clear_tmp()?;
-    let result = import_locked(store, path, name);
-    if result.is_err() {
-        // Blobs verified before the failure are referenced by nothing: sweep them now rather
-        // than leaving them for the next writer.
-        if let Err(e) = index::load(&store.paths.index).and_then(|index| store.sweep(&index)) {
-            log::warn!(
-                "cleaning up after a failed import of {}: {e}",
-                path.display()
-            );
-        }
-    }
-    result
+    let what = format!("import of {}", path.display());
+    commit::writer_session(store, &what, || import_locked(store, path, name))
 }
 
 fn import_locked(
@@ -75,53 +59,25 @@ fn import_locked(
             ),
         ));
     }
-    let mut named = Vec::with_capacity(found.len());
-    for f in found {
+    let mut complete = Vec::with_capacity(found.len());
+    for f in &found {
         let names = match &name {
             Some(n) => vec![n.clone()],
             None => names_from_hint(&f.hint, path)?,
         };
-        named.push((names, f));
+        complete.push(Complete {
+            names,
+            manifest_digest: f.manifest_digest.clone(),
+            index_digest: None,
+            manifest: &f.manifest,
+        });
     }
-    for (names, f) in &named {
-        ensure_snapshot(store, &names[0], f, path)?;
+    for c in &complete {
+        commit::ensure_snapshot(store, &c.names[0], c.manifest)?;
     }
     // The staged archive lives in tmp/, which the sweep empties.
     drop(source);
-
-    let mut index = index::load(&store.paths.index)?;
-    let mut replaced = Vec::new();
-    let mut images = Vec::new();
-    for (names, f) in &named {
-        let entry = Entry {
-            manifest: f.manifest_digest.clone(),
-            config: f.manifest.config.digest.clone(),
-            layers: f.manifest.layers.iter().map(|l| l.digest.clone()).collect(),
-            size: f.manifest.layers.iter().map(|l| l.size).sum(),
-        };
-        index.dangling.retain(|d| d.manifest != entry.manifest);
-        for n in names {
-            if let Some(old) = index.images.insert(n.clone(), entry.clone()) {
-                replaced.push(old);
-            }
-            images.push((n.clone(), entry.clone()));
-        }
-    }
-    for old in replaced {
-        if !index.is_named(&old.manifest) && !index.dangling.contains(&old) {
-            log::info!(
-                "image {} lost its last name; kept as dangling until removed by id",
-                old.config
-            );
-            index.dangling.push(old);
-        }
-    }
-    index::save(&store.paths.index, &store.paths.tmp, &index)?;
-    store.sweep(&index)?;
-    let images: Vec<Image> = images
-        .iter()
-        .map(|(n, e)| store.image(n, e))
-        .collect::<Result<_, _>>()?;
+    let images = commit::record(store, &complete)?;
     for i in &images {
         log::info!("imported {} ({})", i.name, i.id);
     }
@@ -346,70 +302,4 @@ fn check_named_digest(path: &str, actual: &str) -> Result<(), ImageError> {
 fn is_gzip(mut file: &File) -> bool {
     let mut magic = [0u8; 2];
     std::io::Read::read_exact(&mut file, &mut magic).is_ok() && magic == [0x1f, 0x8b]
-}
-
-/// Unpacks the image's snapshot unless it already exists (snapshots are keyed by config digest,
-/// so re-importing an image is free).
-fn ensure_snapshot(
-    store: &ImageStore,
-    name: &str,
-    f: &Found,
-    origin: &Path,
-) -> Result<(), ImageError> {
-    let config_digest = &f.manifest.config.digest;
-    let what = format!("config {config_digest} of {name}");
-    let config: ConfigFile =
-        oci::parse_json(&store.blobs.read_small(config_digest, &what)?, &what)?;
-    let layers = &f.manifest.layers;
-    let diff_ids = &config.rootfs.diff_ids;
-    if diff_ids.len() != layers.len() {
-        return Err(ImageError::source(
-            origin,
-            format!(
-                "image {name}: the config lists {} diff_ids for {} layers",
-                diff_ids.len(),
-                layers.len()
-            ),
-        ));
-    }
-    let want_arch = oci::go_arch(std::env::consts::ARCH);
-    if !config.architecture.is_empty() && config.architecture != want_arch {
-        log::warn!(
-            "image {name} is built for {}, this node is {want_arch}",
-            config.architecture
-        );
-    }
-    let dest = store.snapshot_path(config_digest)?;
-    if dest.is_dir() {
-        return Ok(());
-    }
-    let tmp = TempPath::new(store.paths.tmp.join(unique_name("snapshot")));
-    fs::DirBuilder::new()
-        .mode(0o755)
-        .create(tmp.path())
-        .map_err(|e| ImageError::io("creating", tmp.path(), e))?;
-    let mut unpacker = Unpacker::new(tmp.path(), store.limits);
-    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
-        let blob = store.blobs.open(&layer.digest)?;
-        let expected = ExpectedLayer {
-            digest: &layer.digest,
-            size: layer.size,
-            diff_id: Some(diff_id),
-        };
-        unpacker
-            .apply_layer(blob, &expected)
-            .map_err(|source| ImageError::Layer {
-                image: name.to_string(),
-                index: i,
-                count: layers.len(),
-                digest: layer.digest.clone(),
-                source: Box::new(source),
-            })?;
-    }
-    // Make the files durable before the snapshot becomes visible under its final name.
-    let sync =
-        File::open(tmp.path()).and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from));
-    sync.map_err(|e| ImageError::io("syncing", tmp.path(), e))?;
-    tmp.commit(&dest)
-        .map_err(|e| ImageError::io("publishing snapshot", &dest, e))
 }

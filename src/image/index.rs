@@ -42,6 +42,11 @@ pub(crate) struct Entry {
     pub config: String,
     pub layers: Vec<String>,
     pub size: u64,
+    /// The multi-platform index the manifest was pulled through: what Docker and containerd
+    /// report as the repo digest, and what `repo@<digest>` references name. Optional so that
+    /// version-1 files written before pulls existed still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
 }
 
 impl IndexFile {
@@ -51,6 +56,7 @@ impl IndexFile {
             .flat_map(|e| {
                 [e.manifest.as_str(), e.config.as_str()]
                     .into_iter()
+                    .chain(e.index.as_deref())
                     .chain(e.layers.iter().map(String::as_str))
             })
             .collect()
@@ -85,7 +91,11 @@ pub(crate) fn load(path: &Path) -> Result<IndexFile, ImageError> {
         )));
     }
     for e in index.all_entries() {
-        for d in [&e.manifest, &e.config].into_iter().chain(&e.layers) {
+        for d in [&e.manifest, &e.config]
+            .into_iter()
+            .chain(&e.index)
+            .chain(&e.layers)
+        {
             digest::sha256_hex(d).map_err(|err| corrupt(err.to_string()))?;
         }
     }

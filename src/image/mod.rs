@@ -7,7 +7,7 @@
 //!                                       "dangling": [ {manifest, config, layers, size} ] }
 //!   images/snapshots/<config hex>/    unpacked rootfs, layers applied in order with whiteouts
 //!   images/tmp/                       blobs, snapshots and archive contents being written; emptied by every writer
-//!   images/lock                       flock'd exclusively by writers (import, remove) for their whole run
+//!   images/lock                       flock'd exclusively by writers (import, pull, remove) for their whole run
 //!
 //! Concurrency: readers (`resolve`, `list`) take no lock. They only ever see complete state:
 //! index.json is replaced by rename, a snapshot appears by renaming a fully unpacked temp dir, a
@@ -20,17 +20,21 @@
 //! by image id or digest reclaims it.
 //!
 //! Public surface used by the rest of tinylet (keep it stable):
-//!   ImageStore::open(root_dir) / import(path, name) / resolve(reference) / list() / remove(reference)
-//!   normalize_reference(str)
+//!   ImageStore::open(root_dir) / import(path, name) / pull(reference, opts, progress)
+//!   / resolve(reference) / list() / remove(reference)
+//!   normalize_reference(str), PullOptions, RegistryAuth, Platform, PullProgress
 
 mod blobs;
+mod commit;
 mod digest;
 mod error;
 mod files;
 mod import;
 mod index;
 mod oci;
+mod platform;
 mod reference;
+mod registry;
 mod securejoin;
 mod source;
 mod store;
@@ -43,7 +47,9 @@ mod testutil;
 use std::path::PathBuf;
 
 pub use error::ImageError;
+pub use platform::Platform;
 pub use reference::normalize_reference;
+pub use registry::{PullOptions, PullProgress, RegistryAuth};
 pub use store::ImageStore;
 pub use unpack::{Limits, UnpackError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
 

@@ -11,6 +11,7 @@ use super::blobs::Blobs;
 use super::files::unique_name;
 use super::index::{self, Entry, IndexFile, WriteLock};
 use super::oci::{self, ConfigFile};
+use super::registry::{self, PullOptions, PullProgress, TokenCache};
 use super::{digest, import, reference, Image, ImageError, Limits};
 use super::{DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
 
@@ -25,6 +26,8 @@ pub struct ImageStore {
     pub(crate) paths: Paths,
     pub(crate) blobs: Blobs,
     pub(crate) limits: Limits,
+    /// Registry bearer tokens, reused across pulls until they expire.
+    pub(crate) tokens: TokenCache,
 }
 
 /// How a reference picks images out of the index.
@@ -67,6 +70,7 @@ impl ImageStore {
                 max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
+            tokens: TokenCache::default(),
         })
     }
 
@@ -81,6 +85,18 @@ impl ImageStore {
     /// Imports an OCI layout directory, an OCI archive or a docker archive (see import.rs).
     pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
         import::import(self, path, name)
+    }
+
+    /// Pulls `reference` (any form normalize_reference accepts) from its registry and records it
+    /// under its normalized name (see registry/). Idempotent: blobs already in the store are not
+    /// fetched again. Holds the writers' lock for the whole pull, so pulls are serialized.
+    pub fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: &mut dyn FnMut(PullProgress),
+    ) -> Result<Image, ImageError> {
+        registry::pull(self, reference, opts, progress)
     }
 
     /// Looks up an image by any reference form; Ok(None) when not present.
@@ -143,7 +159,11 @@ impl ImageStore {
         Ok(Image {
             name: name.to_string(),
             id: entry.config.clone(),
-            repo_digest: format!("{}@{}", repository_of(name), entry.manifest),
+            repo_digest: format!(
+                "{}@{}",
+                repository_of(name),
+                entry.index.as_ref().unwrap_or(&entry.manifest)
+            ),
             size: entry.size,
             rootfs: self.snapshot_path(&entry.config)?,
             config: config.config.unwrap_or_default().into(),
@@ -220,16 +240,21 @@ fn selector(reference: &str) -> Result<Selector, ImageError> {
 
 fn matches(selector: &Selector, name: &str, entry: &Entry) -> bool {
     match selector {
-        Selector::Id(d) => entry.manifest == *d || entry.config == *d,
+        Selector::Id(d) => {
+            entry.manifest == *d || entry.config == *d || entry.index.as_ref() == Some(d)
+        }
         Selector::Digest { repository, digest } => {
-            entry.manifest == *digest && repository_of(name) == *repository
+            (entry.manifest == *digest || entry.index.as_ref() == Some(digest))
+                && repository_of(name) == *repository
         }
         Selector::Name(n) => name == n,
     }
 }
 
-/// Index names are normalized "repo:tag"; the tag never contains '/', a registry port does.
+/// Index names are normalized "repo:tag" (or "repo@digest" for images pulled by digest); the
+/// tag never contains '/', a registry port does.
 fn repository_of(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
     match name.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => repo,
         _ => name,

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod image_puller;
 pub mod manifest;
 pub mod pod_worker;
 pub mod static_source;
@@ -11,7 +12,6 @@ pub mod store;
 
 use crate::config::Config;
 use crate::fsutil;
-use crate::image::ImageStore;
 use crate::runtime::Runtime;
 use backoff::BackoffPolicy;
 use manifest::DesiredPod;
@@ -26,7 +26,7 @@ use std::time::Duration;
 /// What every pod worker shares (read-only).
 pub struct Context {
     pub runtime: Runtime,
-    pub images: ImageStore,
+    pub images: image_puller::ImagePuller,
     pub backoff: BackoffPolicy,
     pub node_name: String,
     pub host_ip: Option<String>,

@@ -6,6 +6,8 @@
 //! Needs root, runc and a static busybox (the image is built by scripts/make-busybox-image).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
+pub mod registry;
+
 use serde_json::{json, Value};
 use std::fs;
 use std::io::Read;
@@ -16,8 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The reference scripts/make-busybox-image gives its image.
-pub const IMAGE: &str = "tinylet.local/busybox:1.36";
+/// The reference the test image is built with (scripts/make-busybox-image).
+/// On a loopback registry where nothing listens: a test that makes the agent pull it (the image
+/// not imported yet) fails fast with ErrImagePull and never sends a packet off this machine.
+pub const IMAGE: &str = "127.0.0.1:1/tinylet/busybox:1.36";
 /// How long to wait for something that normally takes well under a second (a loaded 2-core CI
 /// machine can be very slow); assertions check the values, this only bounds the waiting.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -84,6 +88,8 @@ pub struct Node {
     /// `--cgroup-root`, e.g. `/tinylet-it-1234-3`.
     pub cgroup_root: String,
     pub daemon_log: PathBuf,
+    /// Appended to `run_args` (e.g. a registry's `--ca-file`, `--docker-config`).
+    pub extra_run_args: Vec<String>,
     daemon: Option<Child>,
 }
 
@@ -111,6 +117,7 @@ impl Node {
             node_name: format!("it{}n{}", pid, n),
             cgroup_root: format!("/tinylet-it-{}-{}", pid, n),
             daemon_log: dir.join("daemon.log"),
+            extra_run_args: Vec::new(),
             dir,
             daemon: None,
         };
@@ -144,6 +151,9 @@ impl Node {
             "--backoff-scale".into(),
             "0.1".into(),
         ]
+        .into_iter()
+        .chain(self.extra_run_args.iter().cloned())
+        .collect()
     }
 
     /// Starts the daemon (stderr appended to `daemon_log`) and waits until it logged its start.

@@ -383,39 +383,25 @@ impl PodWorker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| super::manifest::default_pull_policy(&c.image).into());
-        let image = match self.ctx.images.resolve(&c.image) {
-            Ok(Some(img)) => img,
-            Ok(None) if pull_policy == "Never" => {
-                return self.wait_and_retry(
-                    i,
-                    "ErrImageNeverPull",
-                    format!(
-                        "Container image {:?} is not present with pull policy of Never",
-                        c.image
-                    ),
-                );
-            }
-            Ok(None) => {
-                let reason = if self.containers[i]
-                    .waiting
-                    .as_ref()
-                    .and_then(|w| w.reason.as_deref())
-                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
-                {
+        let who = format!("pod {}: container {}", self.pod.full_name(), c.name);
+        let image = match self.ctx.images.ensure(&c.image, &pull_policy, &who) {
+            Ok(img) => img,
+            Err(e) => {
+                // Like the kubelet: the first failure shows ErrImagePull, the retries while the
+                // back-off runs show ImagePullBackOff.
+                let backing_off = matches!(e, super::image_puller::ImageUnavailable::PullFailed(_))
+                    && self.containers[i]
+                        .waiting
+                        .as_ref()
+                        .and_then(|w| w.reason.as_deref())
+                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
+                let reason = if backing_off {
                     "ImagePullBackOff"
                 } else {
-                    "ErrImagePull"
+                    e.reason()
                 };
-                return self.wait_and_retry(i, reason, format!("image {:?} is not in the local image store (import it with `tinylet image import`); registry pulls are not supported yet", c.image));
+                return self.wait_and_retry(i, reason, e.message().to_string());
             }
-            Err(e) if matches!(e, crate::image::ImageError::InvalidReference { .. }) => {
-                return self.wait_and_retry(
-                    i,
-                    "InvalidImageName",
-                    format!("Failed to apply default image tag {:?}: {}", c.image, e),
-                );
-            }
-            Err(e) => return self.wait_and_retry(i, "ErrImagePull", e.to_string()),
         };
         let Some(sb) = self
             .sandbox
