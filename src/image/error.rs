@@ -77,7 +77,7 @@ pub enum ImageError {
         digest: String,
         reason: String,
     },
-    /// A manifest, config or layer of a kind tinylet cannot run (schema 1, zstd, artifacts).
+    /// A manifest, config or layer of a kind tinylet cannot run (schema 1, xz layers, artifacts).
     UnsupportedMediaType {
         reference: String,
         what: String,
@@ -111,6 +111,18 @@ impl ImageError {
             reference: reference.to_string(),
             reason: reason.into(),
         }
+    }
+
+    /// The message followed by its causes ("unpacking layer 1/1 (..): ..: No space left on
+    /// device"), for the CLI and log lines, where the chain is the useful part.
+    pub fn with_causes(&self) -> String {
+        let mut msg = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {}", s));
+            source = s.source();
+        }
+        msg
     }
 
     pub(crate) fn source(path: &std::path::Path, reason: impl Into<String>) -> Self {

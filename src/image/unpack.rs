@@ -173,6 +173,7 @@ struct Meta {
 enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 impl<'a> Unpacker<'a> {
@@ -197,6 +198,7 @@ impl<'a> Unpacker<'a> {
         let diff_id = {
             let decompressed: Box<dyn Read + '_> = match compression {
                 Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
+                Compression::Zstd => Box::new(ZstdFrames::new(&mut compressed)),
                 Compression::None => Box::new(&mut compressed),
             };
             let mut tar_stream = HashingReader::new(decompressed);
@@ -488,8 +490,7 @@ fn make_dir(path: &Path) -> io::Result<()> {
 }
 
 fn detect_compression(head: &[u8]) -> Result<Compression, UnpackError> {
-    const MAGICS: [(&[u8], &str); 4] = [
-        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+    const MAGICS: [(&[u8], &str); 3] = [
         (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz"),
         (b"BZh", "bzip2"),
         (&[0x1f, 0x9d], "compress"),
@@ -497,9 +498,55 @@ fn detect_compression(head: &[u8]) -> Result<Compression, UnpackError> {
     if head.starts_with(&[0x1f, 0x8b]) {
         return Ok(Compression::Gzip);
     }
+    if head.starts_with(&ZSTD_MAGIC) {
+        return Ok(Compression::Zstd);
+    }
     match MAGICS.iter().find(|(m, _)| head.starts_with(m)) {
         Some((_, kind)) => Err(UnpackError::UnsupportedCompression { kind }),
         None => Ok(Compression::None),
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A zstd stream of one or more frames (compressors may write several, e.g. one per chunk);
+/// ruzstd's decoder reads one frame at a time.
+struct ZstdFrames<R: Read> {
+    decoder:
+        Option<ruzstd::decoding::StreamingDecoder<BufReader<R>, ruzstd::decoding::FrameDecoder>>,
+    source: Option<BufReader<R>>,
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn new(inner: R) -> Self {
+        ZstdFrames {
+            decoder: None,
+            source: Some(BufReader::new(inner)),
+        }
+    }
+}
+
+impl<R: Read> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(d) = self.decoder.as_mut() {
+                let n = d.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                // This frame is done: the next one (if any) starts where it ended.
+                self.source = self.decoder.take().map(|d| d.into_inner());
+            }
+            let Some(mut source) = self.source.take() else {
+                return Ok(0);
+            };
+            if source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let d = ruzstd::decoding::StreamingDecoder::new(source)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+            self.decoder = Some(d);
+        }
     }
 }
 

@@ -403,12 +403,32 @@ fn decompression_bombs_hit_the_limits() {
 
 #[test]
 fn unsupported_compression_is_named() {
-    let (_t, root, _) = sandbox("zstd");
-    let fake = vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
+    let (_t, root, _) = sandbox("xz");
+    let fake = vec![0xfd, b'7', b'z', b'X', b'Z', 0x00, 0, 0];
     match apply(&root, &[fake]) {
-        Err(e @ UnpackError::UnsupportedCompression { kind: "zstd" }) => {
-            assert!(e.to_string().contains("zstd"))
+        Err(e @ UnpackError::UnsupportedCompression { kind: "xz" }) => {
+            assert!(e.to_string().contains("xz"))
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn zstd_layers_in_one_or_several_frames_unpack() {
+    use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+    let (_t, root, _) = sandbox("zstd");
+    let one_frame = compress_to_vec(
+        &tar_of(&[E::File("etc/a", b"one")])[..],
+        CompressionLevel::Fastest,
+    );
+    apply(&root, &[one_frame]).unwrap();
+    assert_eq!(fs::read(root.join("etc/a")).unwrap(), b"one");
+    // Two frames: the tar split in the middle, each half compressed on its own.
+    let (_t2, root2, _) = sandbox("zstd2");
+    let whole = tar_of(&[E::File("etc/a", b"one"), E::File("etc/b", b"two")]);
+    let (h1, h2) = whole.split_at(whole.len() / 2);
+    let mut two_frames = compress_to_vec(h1, CompressionLevel::Fastest);
+    two_frames.extend(compress_to_vec(h2, CompressionLevel::Fastest));
+    apply(&root2, &[two_frames]).unwrap();
+    assert_eq!(fs::read(root2.join("etc/b")).unwrap(), b"two");
 }
