@@ -1,6 +1,7 @@
 //! The command line: `tinylet run|ps|logs|image|version` (and the internal `shim`).
 
 pub mod args;
+mod image;
 pub mod logs;
 pub mod ps;
 
@@ -18,9 +19,11 @@ usage:
               [--runtime-root DIR] [--pod-log-dir DIR] [--cgroup-root PATH] [--node-ip IP] [-v]
               [--insecure-registry HOST[:PORT]]... [--ca-file PEM]... [--docker-config PATH]
               [--registry-mirror REGISTRY=URL]... [--serialize-image-pulls=false --max-parallel-image-pulls N]
+              [--image-gc-high-threshold PCT] [--image-gc-low-threshold PCT] [--image-gc-period DURATION]
+              [--minimum-image-ttl-duration DURATION]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
-  tinylet image import PATH [--name NAME] | image ls | image rm NAME   [--root-dir DIR]
+  tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
               [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]
   tinylet validate [--node-name NAME] PATH...     check manifest files or directories, as `run` would read them
@@ -45,6 +48,10 @@ const RUN_FLAGS: &[&str] = &[
     "platform",
     "serialize-image-pulls",
     "max-parallel-image-pulls",
+    "image-gc-high-threshold",
+    "image-gc-low-threshold",
+    "image-gc-period",
+    "minimum-image-ttl-duration",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -111,7 +118,7 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             };
             logs::run(&req, &mut std::io::stdout().lock())
         }
-        "image" => image(rest),
+        "image" => image::main(rest),
         "validate" => validate(rest),
         "version" | "--version" => {
             println!(
@@ -132,175 +139,6 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
 
 fn root_dir(a: &Args) -> PathBuf {
     PathBuf::from(a.get("root-dir").unwrap_or("/var/lib/tinylet"))
-}
-
-const IMAGE_USAGE: &str = "usage: tinylet image import PATH [--name NAME] | image pull REF [flags] | image ls | image rm NAME";
-
-fn image(rest: &[String]) -> Result<(), String> {
-    let a = Args::parse(
-        rest,
-        &[
-            "root-dir",
-            "name",
-            "insecure-registry",
-            "ca-file",
-            "docker-config",
-            "platform",
-            "registry-mirror",
-            "creds",
-        ],
-        &[],
-    )?;
-    let store = ImageStore::open(&root_dir(&a)).map_err(|e| e.to_string())?;
-    match a.positional.first().map(String::as_str) {
-        Some("pull") => image_pull(&store, &a),
-        Some("import") => {
-            let path = a
-                .positional
-                .get(1)
-                .ok_or("usage: tinylet image import PATH [--name NAME]")?;
-            let images = store
-                .import(std::path::Path::new(path), a.get("name"))
-                .map_err(|e| format!("importing {}: {}", path, e))?;
-            for i in images {
-                println!("imported {} ({})", i.name, i.id);
-            }
-            Ok(())
-        }
-        Some("ls") | Some("list") => {
-            println!("{:<50} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
-            for i in store.list().map_err(|e| e.to_string())? {
-                let id = i.id.trim_start_matches("sha256:");
-                println!(
-                    "{:<50} {:<20} {:>10}",
-                    i.name,
-                    &id[..id.len().min(12)],
-                    human_size(i.size)
-                );
-            }
-            Ok(())
-        }
-        Some("rm") | Some("remove") => {
-            let name = a.positional.get(1).ok_or("usage: tinylet image rm NAME")?;
-            store
-                .remove(name)
-                .map_err(|e| format!("removing {}: {}", name, e))?;
-            println!("removed {}", name);
-            Ok(())
-        }
-        _ => Err(IMAGE_USAGE.into()),
-    }
-}
-
-/// `image pull`: progress lines (layer i/n, bytes, rate) to stderr, the result to stdout.
-/// Registry settings shared by `image pull` and `run`: `--insecure-registry`, `--ca-file`,
-/// `--docker-config`, `--registry-mirror REGISTRY=URL`, `--platform`.
-fn pull_options(a: &Args) -> Result<crate::image::PullOptions, String> {
-    let mut opts = crate::image::PullOptions {
-        insecure_registries: a
-            .get_all("insecure-registry")
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        ca_files: a
-            .get_all("ca-file")
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-        docker_config: a.get("docker-config").map(PathBuf::from),
-        ..Default::default()
-    };
-    for m in a.get_all("registry-mirror") {
-        let (registry, url) = m
-            .split_once('=')
-            .ok_or_else(|| format!("--registry-mirror {:?}: must be REGISTRY=URL", m))?;
-        opts.mirrors
-            .entry(registry.to_string())
-            .or_default()
-            .push(url.to_string());
-    }
-    if let Some(p) = a.get("platform") {
-        opts.platform = Some(crate::image::Platform::parse(p).map_err(|e| e.to_string())?);
-    }
-    Ok(opts)
-}
-
-fn image_pull(store: &ImageStore, a: &Args) -> Result<(), String> {
-    use crate::image::{PullProgress, RegistryAuth};
-    use std::time::{Duration, Instant};
-
-    let reference = a.positional.get(1).ok_or(
-        "usage: tinylet image pull REF [--insecure-registry HOST[:PORT]]... [--ca-file PEM]... \
-         [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]",
-    )?;
-    let domain = crate::image::normalize_reference(reference)
-        .map_err(|e| e.to_string())?
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let mut opts = pull_options(a)?;
-    if let Some(creds) = a.get("creds") {
-        let (username, password) = creds.split_once(':').ok_or("--creds must be USER:PASS")?;
-        opts.auths.push(RegistryAuth {
-            registry: domain,
-            username: username.to_string(),
-            password: password.to_string(),
-        });
-    }
-    // (layer, when its download started, when a line was last printed)
-    let mut current: Option<(usize, Instant, Instant)> = None;
-    let mut report = |p: PullProgress| {
-        let now = Instant::now();
-        let done = p.bytes >= p.total;
-        let (started, printed) = match current {
-            Some((layer, started, printed)) if layer == p.layer => (started, Some(printed)),
-            _ => (now, None),
-        };
-        current = Some((p.layer, started, printed.unwrap_or(now)));
-        if printed.is_none() && done {
-            eprintln!(
-                "layer {}/{}: {} already present",
-                p.layer,
-                p.layers,
-                human_size(p.total)
-            );
-            return;
-        }
-        // A line when a layer starts and ends, and at most two a second in between.
-        if printed.is_some_and(|at| !done && now - at < Duration::from_millis(500)) {
-            return;
-        }
-        let rate = p.bytes as f64 / (now - started).as_secs_f64().max(0.001);
-        eprintln!(
-            "layer {}/{}: {} / {} ({}/s)",
-            p.layer,
-            p.layers,
-            human_size(p.bytes),
-            human_size(p.total),
-            human_size(rate as u64)
-        );
-        current = Some((p.layer, started, now));
-    };
-    let image = store
-        .pull(reference, &opts, &mut report)
-        .map_err(|e| pull_error(reference, &e))?;
-    println!("pulled {} ({})", image.name, image.id);
-    Ok(())
-}
-
-/// The error and its causes; pull-specific errors already start with "pulling <ref>".
-fn pull_error(reference: &str, e: &crate::image::ImageError) -> String {
-    let mut msg = e.to_string();
-    if !msg.starts_with("pulling ") {
-        msg = format!("pulling {}: {}", reference, msg);
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {}", s));
-        source = s.source();
-    }
-    msg
 }
 
 /// Parses manifests exactly as the daemon does and reports each pod or error.
@@ -357,14 +195,6 @@ fn validate(rest: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn human_size(b: u64) -> String {
-    match b {
-        0..=1023 => format!("{}B", b),
-        1024..=1048575 => format!("{:.1}KiB", b as f64 / 1024.0),
-        _ => format!("{:.1}MiB", b as f64 / 1048576.0),
-    }
-}
-
 fn run(rest: &[String]) -> Result<(), String> {
     let a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
     let level = if a.flag("v") || a.flag("verbose") {
@@ -409,6 +239,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             .filter(|s: &f64| *s > 0.0)
             .ok_or_else(|| format!("--backoff-scale {:?}: must be a positive number", v))?;
     }
+    image_gc_flags(&a, &mut config)?;
     let runc_path = config::resolve_binary(&config.runtime).ok_or_else(|| {
         format!(
             "container runtime {:?} not found (install runc or pass --runtime PATH)",
@@ -469,7 +300,7 @@ fn node_pull_options(
     a: &Args,
     root: &std::path::Path,
 ) -> Result<crate::image::PullOptions, String> {
-    let mut opts = pull_options(a)?;
+    let mut opts = image::pull_options(a)?;
     if opts.docker_config.is_none() {
         let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"));
         opts.docker_config = [Some(root.join("config.json")), home]
@@ -504,6 +335,39 @@ fn max_parallel_pulls(a: &Args) -> Result<usize, String> {
             )
         }),
     }
+}
+
+/// `--image-gc-high-threshold`, `--image-gc-low-threshold` (percent, low < high, high 100 turns
+/// image GC off), `--image-gc-period` and `--minimum-image-ttl-duration` (durations).
+fn image_gc_flags(a: &Args, config: &mut Config) -> Result<(), String> {
+    let pct = |flag: &str, default: u8| -> Result<u8, String> {
+        match a.get(flag) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| format!("--{} {:?}: must be a percentage, 0 to 100", flag, v)),
+        }
+    };
+    config.image_gc_high_threshold =
+        pct("image-gc-high-threshold", config.image_gc_high_threshold)?;
+    config.image_gc_low_threshold = pct("image-gc-low-threshold", config.image_gc_low_threshold)?;
+    config::validate_image_gc_thresholds(
+        config.image_gc_high_threshold,
+        config.image_gc_low_threshold,
+    )?;
+    if let Some(v) = a.get("image-gc-period") {
+        config.image_gc_period = config::parse_duration(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--image-gc-period {:?}: must be a positive duration", v))?;
+    }
+    if let Some(v) = a.get("minimum-image-ttl-duration") {
+        config.image_minimum_gc_age = config::parse_duration(v)
+            .map_err(|e| format!("--minimum-image-ttl-duration: {}", e))?;
+    }
+    Ok(())
 }
 
 /// One agent per root dir: an exclusive flock held for the daemon's life.

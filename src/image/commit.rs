@@ -43,15 +43,19 @@ pub(crate) fn writer_session<T>(
 /// and returns one `Image` per name. Snapshots must already exist (`ensure_snapshot`).
 pub(crate) fn record(store: &ImageStore, images: &[Complete]) -> Result<Vec<Image>, ImageError> {
     let mut index = index::load(&store.paths.index)?;
+    let now = crate::clock::now_unix().as_secs();
     let mut replaced = Vec::new();
     let mut named = Vec::new();
     for c in images {
+        let (added, last_used) = index.usage_of(&c.manifest_digest);
         let entry = Entry {
             manifest: c.manifest_digest.clone(),
             config: c.manifest.config.digest.clone(),
             layers: c.manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             size: c.manifest.layers.iter().map(|l| l.size).sum(),
             index: c.index_digest.clone(),
+            added: added.or(Some(now)),
+            last_used,
         };
         index.dangling.retain(|d| d.manifest != entry.manifest);
         for n in &c.names {

@@ -2,9 +2,10 @@
 //! that removes a temp file or directory unless it was committed.
 //! (Kept local until the crate-wide fsutil.rs lands; then these should move there.)
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,6 +37,30 @@ pub(crate) fn write_atomic(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> io::Res
     f.write_all(bytes)?;
     f.sync_all()?;
     tmp.commit(path)
+}
+
+/// The disk space a file or directory tree takes (allocated blocks, hard links counted once).
+/// Best effort: what cannot be read counts as nothing; it only feeds reports.
+pub(crate) fn disk_bytes(path: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        // st_blocks counts 512-byte units whatever the filesystem's block size.
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(entries) = fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
 }
 
 /// Removes its path (file or directory tree) on drop unless committed by renaming it into place.

@@ -36,7 +36,7 @@ impl Default for IndexFile {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Entry {
     pub manifest: String,
     pub config: String,
@@ -47,7 +47,29 @@ pub(crate) struct Entry {
     /// version-1 files written before pulls existed still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<String>,
+    /// Unix seconds when the image was first recorded in this store; image GC spares images
+    /// younger than its minimum age. Absent in files written before GC existed (read as "old").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<u64>,
+    /// Unix seconds when a container last started from it, or image GC last saw it in use
+    /// (see gc.rs). Absent when never used; GC then takes it first.
+    #[serde(rename = "lastUsed", default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<u64>,
 }
+
+/// Entries are equal when they describe the same image: the usage times are bookkeeping about
+/// it, and must not make a re-import of the same image look like a re-pointed name.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.manifest == other.manifest
+            && self.config == other.config
+            && self.layers == other.layers
+            && self.size == other.size
+            && self.index == other.index
+    }
+}
+
+impl Eq for Entry {}
 
 impl IndexFile {
     /// Every blob digest an image in the index (named or dangling) needs.
@@ -68,6 +90,16 @@ impl IndexFile {
 
     pub(crate) fn is_named(&self, manifest: &str) -> bool {
         self.images.values().any(|e| e.manifest == manifest)
+    }
+
+    /// (earliest `added`, latest `last_used`) over the entries of this manifest, so that
+    /// recording an image again keeps its history.
+    pub(crate) fn usage_of(&self, manifest: &str) -> (Option<u64>, Option<u64>) {
+        let same = || self.all_entries().filter(|e| e.manifest == manifest);
+        (
+            same().filter_map(|e| e.added).min(),
+            same().filter_map(|e| e.last_used).max(),
+        )
     }
 }
 
@@ -118,16 +150,28 @@ pub(crate) struct WriteLock {
 
 impl WriteLock {
     pub(crate) fn acquire(path: &Path) -> Result<WriteLock, ImageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| ImageError::io("opening lock file", path, e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
+        Flock::lock(open_lock_file(path)?, FlockArg::LockExclusive)
             .map(|flock| WriteLock { _flock: flock })
             .map_err(|(_, errno)| ImageError::io("locking", path, io::Error::from(errno)))
     }
+
+    /// The lock if no other writer holds it; Ok(None) if one does.
+    pub(crate) fn try_acquire(path: &Path) -> Result<Option<WriteLock>, ImageError> {
+        match Flock::lock(open_lock_file(path)?, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(Some(WriteLock { _flock: flock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(ImageError::io("locking", path, io::Error::from(errno))),
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ImageError::io("opening lock file", path, e))
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout on disk (all writes atomic: temp file + fsync + rename):
 //!   images/blobs/sha256/<hex>        manifests, configs, layers (verified against their digest)
-//!   images/index.json                 { "version": 1, "images": { "<normalized name>": {manifest, config, layers, size} },
+//!   images/index.json                 { "version": 1, "images": { "<normalized name>": {manifest, config, layers, size,
+//!                                       added, lastUsed} },
 //!                                       "dangling": [ {manifest, config, layers, size} ] }
 //!   images/snapshots/<config hex>/    unpacked rootfs, layers applied in order with whiteouts
 //!   images/tmp/                       blobs, snapshots and archive contents being written; emptied by every writer
@@ -19,9 +20,14 @@
 //! list, still on disk) rather than deleting a rootfs a running container may be using; `remove`
 //! by image id or digest reclaims it.
 //!
+//! Garbage collection (gc.rs): entries record when they were added and last used; `collect` is
+//! the kubelet's threshold-driven LRU pass, `prune` removes everything no pod uses. Both take
+//! the set of references in use from the caller (the kubelet reads its pod records).
+//!
 //! Public surface used by the rest of tinylet (keep it stable):
 //!   ImageStore::open(root_dir) / import(path, name) / pull(reference, opts, progress)
 //!   / resolve(reference) / list() / remove(reference)
+//!   / mark_used(reference) / prune(in_use) / collect(in_use, policy, usage) / disk_usage()
 //!   normalize_reference(str), PullOptions, RegistryAuth, Platform, PullProgress
 
 mod blobs;
@@ -29,6 +35,7 @@ mod commit;
 mod digest;
 mod error;
 mod files;
+mod gc;
 mod import;
 mod index;
 mod oci;
@@ -47,6 +54,7 @@ mod testutil;
 use std::path::PathBuf;
 
 pub use error::ImageError;
+pub use gc::{GcPolicy, GcReport};
 pub use platform::Platform;
 pub use reference::normalize_reference;
 pub use registry::{PullOptions, PullProgress, RegistryAuth};

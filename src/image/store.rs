@@ -8,7 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::blobs::Blobs;
-use super::files::unique_name;
+use super::files::{disk_bytes, unique_name};
 use super::index::{self, Entry, IndexFile, WriteLock};
 use super::oci::{self, ConfigFile};
 use super::registry::{self, PullOptions, PullProgress, TokenCache};
@@ -31,7 +31,7 @@ pub struct ImageStore {
 }
 
 /// How a reference picks images out of the index.
-enum Selector {
+pub(super) enum Selector {
     /// "sha256:<hex>" (or bare hex): an image id (config digest) or a manifest digest.
     Id(String),
     /// "repo@sha256:<hex>": the manifest digest within that repository.
@@ -149,7 +149,7 @@ impl ImageStore {
             log::info!("removed image name {n}");
         }
         index::save(&self.paths.index, &self.paths.tmp, &index)?;
-        self.sweep(&index)
+        self.sweep(&index).map(drop)
     }
 
     pub(crate) fn image(&self, name: &str, entry: &Entry) -> Result<Image, ImageError> {
@@ -177,13 +177,16 @@ impl ImageStore {
             .join(digest::sha256_hex(config_digest)?))
     }
 
-    /// Deletes blobs and snapshots no image in `index` needs, and everything in tmp/.
+    /// Deletes blobs and snapshots no image in `index` needs, and everything in tmp/; returns
+    /// the disk space the deleted blobs and snapshots took (image GC reports it).
     /// Only called with the write lock held, after `index` was saved.
-    pub(crate) fn sweep(&self, index: &IndexFile) -> Result<(), ImageError> {
+    pub(crate) fn sweep(&self, index: &IndexFile) -> Result<u64, ImageError> {
+        let mut freed = 0;
         let keep = index.referenced_blobs();
         for d in self.blobs.list()? {
             if !keep.contains(d.as_str()) {
                 log::debug!("removing unreferenced blob {d}");
+                freed += disk_bytes(&self.blobs.path(&d)?);
                 self.blobs.remove(&d)?;
             }
         }
@@ -197,13 +200,15 @@ impl ImageStore {
             if entry.file_name().to_str().is_some_and(|n| keep.contains(n)) {
                 continue;
             }
+            freed += disk_bytes(&entry.path());
             // Move it out of sight first so no reader ever sees a half-deleted rootfs.
             let trash = self.paths.tmp.join(unique_name("trash"));
             fs::rename(entry.path(), &trash)
                 .map_err(|e| ImageError::io("removing snapshot", entry.path(), e))?;
             log::debug!("removed snapshot {}", entry.path().display());
         }
-        self.clear_tmp()
+        self.clear_tmp()?;
+        Ok(freed)
     }
 
     /// Empties tmp/: leftovers of crashed writers. Only with the write lock held.
@@ -223,7 +228,7 @@ impl ImageStore {
     }
 }
 
-fn selector(reference: &str) -> Result<Selector, ImageError> {
+pub(super) fn selector(reference: &str) -> Result<Selector, ImageError> {
     let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
     if digest::is_sha256_hex(hex) {
         return Ok(Selector::Id(format!("sha256:{hex}")));
@@ -238,7 +243,7 @@ fn selector(reference: &str) -> Result<Selector, ImageError> {
     })
 }
 
-fn matches(selector: &Selector, name: &str, entry: &Entry) -> bool {
+pub(super) fn matches(selector: &Selector, name: &str, entry: &Entry) -> bool {
     match selector {
         Selector::Id(d) => {
             entry.manifest == *d || entry.config == *d || entry.index.as_ref() == Some(d)

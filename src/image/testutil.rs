@@ -86,3 +86,36 @@ pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.write_all(bytes).expect("gzip to memory");
     enc.finish().expect("gzip to memory")
 }
+
+/// Writes a one-layer OCI layout whose only file holds `payload`: distinct payloads make
+/// distinct images (config, snapshot and blobs), for tests that need several.
+pub(crate) fn write_oci_layout(dir: &Path, payload: &[u8]) {
+    use crate::image::digest::sha256_of;
+    let layer = tar_of(&[E::File("payload", payload)]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": crate::image::oci::go_arch(std::env::consts::ARCH),
+        "os": "linux",
+        "config": {"Cmd": ["/payload"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_of(&layer)]},
+    }))
+    .expect("config JSON");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_of(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_of(&layer), "size": layer.len()}],
+    }))
+    .expect("manifest JSON");
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256_of(&manifest), "size": manifest.len()}],
+    }))
+    .expect("index JSON");
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("creating layout");
+    for blob in [&layer, &config, &manifest] {
+        fs::write(blobs.join(&sha256_of(blob)[7..]), blob).expect("writing blob");
+    }
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    fs::write(dir.join("index.json"), index).expect("index.json");
+}

@@ -78,6 +78,14 @@ impl ImagePuller {
         }
     }
 
+    /// Records that a container starts from `image`, for image GC's least-recently-used order.
+    /// Best effort: a failure only makes the image look older to GC, so it is logged, not fatal.
+    pub fn mark_used(&self, image: &Image, who: &str) {
+        if let Err(e) = self.store.mark_used(&image.name) {
+            log::warn!("{}: recording the use of image {}: {}", who, image.name, e);
+        }
+    }
+
     fn pull(&self, image: &str, who: &str) -> Result<Image, ImageUnavailable> {
         let _slot = self.slots.acquire();
         log::info!("{}: pulling image {:?}", who, image);

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod image_gc;
 pub mod image_puller;
 pub mod manifest;
 pub mod pod_worker;
@@ -50,6 +51,18 @@ struct WorkerHandle {
 pub fn run(config: Config, ctx: Context) -> Result<(), String> {
     let ctx = Arc::new(ctx);
     fsutil::ensure_dir(&store::pods_dir(&config.root_dir)).map_err(|e| e.to_string())?;
+    image_gc::start(
+        ctx.clone(),
+        config.root_dir.clone(),
+        image_gc::Settings {
+            period: config.image_gc_period,
+            policy: crate::image::GcPolicy {
+                high_pct: config.image_gc_high_threshold,
+                low_pct: config.image_gc_low_threshold,
+                min_age: config.image_minimum_gc_age,
+            },
+        },
+    )?;
     let (tx, rx) = channel::<Event>();
 
     let mut source = StaticSource::new(&config.pod_manifest_path, &config.node_name);

@@ -403,6 +403,7 @@ impl PodWorker {
                 return self.wait_and_retry(i, reason, e.message().to_string());
             }
         };
+        self.ctx.images.mark_used(&image, &who);
         let Some(sb) = self
             .sandbox
             .clone()
