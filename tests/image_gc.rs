@@ -179,14 +179,12 @@ fn daemon_gc_removes_unused_images_over_the_high_threshold() {
     .map(String::from)
     .to_vec();
     node.restart_daemon();
-    node.wait_for(WAIT, "image GC to remove the unused image", |n| {
-        !listed(n).iter().any(|i| i == TINY)
-    });
-    let log = node.daemon_log();
-    assert!(
-        log.contains(&format!("used >= 1%: removed image {} (", TINY)),
-        "{}",
-        log
+    // The index changes before the daemon logs the removal: wait for both.
+    let removed_line = format!("used >= 1%: removed image {} (", TINY);
+    node.wait_for(
+        WAIT,
+        "image GC to remove the unused image and say so",
+        |n| !listed(n).iter().any(|i| i == TINY) && n.daemon_log().contains(&removed_line),
     );
     assert_eq!(listed(&node), [IMAGE]);
     assert!(used_snapshot.is_dir());

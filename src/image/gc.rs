@@ -242,7 +242,18 @@ impl ImageStore {
         if !touch(&mut index, now, MARK_USED_INTERVAL_SECS, selected) {
             return Ok(false);
         }
-        let Some(_lock) = WriteLock::try_acquire(&self.paths.lock)? else {
+        // Other marks and imports hold the lock for milliseconds: wait that long for it (pods
+        // starting together would otherwise lose their marks); a pull holds it for minutes: then
+        // give up rather than delay the container.
+        let mut lock = None;
+        for _ in 0..25 {
+            lock = WriteLock::try_acquire(&self.paths.lock)?;
+            if lock.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let Some(_lock) = lock else {
             log::debug!("image store busy; not recording the use of {reference}");
             return Ok(false);
         };

@@ -282,7 +282,9 @@ impl<'a> Unpacker<'a> {
                 layer.dirs.insert(rel.clone(), meta);
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.header().entry_size().map_err(read_err)?;
+                // The size tar-rs will read: a PAX `size` record overrides the header field, and
+                // counting the header field would let a PAX header slip past the cap.
+                let size = entry.size();
                 self.bytes = self.bytes.saturating_add(size);
                 if self.bytes > self.limits.max_unpacked_bytes {
                     return Err(UnpackError::SizeLimit {
@@ -370,7 +372,15 @@ impl<'a> Unpacker<'a> {
             .mode(0o600)
             .custom_flags(libc_flags::O_NOFOLLOW | libc_flags::O_CLOEXEC)
             .open(path)?;
-        io::copy(entry, &mut file)?;
+        let want = entry.size();
+        let got = io::copy(entry, &mut file)?;
+        if got != want {
+            // tar-rs ends an entry's data quietly at EOF; say which entry was cut short.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("archive ends after {got} of the entry's {want} bytes"),
+            ));
+        }
         if self.chown {
             std::os::unix::fs::fchown(&file, Some(id(meta.uid)?), Some(id(meta.gid)?))?;
         }
