@@ -73,6 +73,11 @@ impl Drop for Case {
 /// Builds `<dir>/layout`, an OCI layout of one image whose layers are the given corpus files in
 /// order (gzip'd when named `.gz`), with matching diff_ids, and imports it.
 fn import(layers: &[&str]) -> Case {
+    import_with(layers, &[])
+}
+
+/// `import` with extra `tinylet image import` flags.
+fn import_with(layers: &[&str], flags: &[&str]) -> Case {
     canary();
     let passwd_before = passwd_state();
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -89,6 +94,7 @@ fn import(layers: &[&str]) -> Case {
         .arg(&layout)
         .arg("--root-dir")
         .arg(&root)
+        .args(flags)
         .output()
         .expect("running tinylet");
     let case = Case {
@@ -523,11 +529,16 @@ fn whiteout_above_the_root_is_refused() {
 // ---- decompression bomb ----
 
 #[test]
+fn gzip_bomb_is_refused_by_a_lower_limit() {
+    // The same 16 KiB that inflates to 16 MiB, with the cap lowered to 8 MiB: refused, and
+    // nothing of it kept.
+    import_with(&["gzip-bomb.tar.gz"], &["--image-max-unpacked-size", "8Mi"])
+        .assert_refused(&["exceeds the limit"]);
+}
+
+#[test]
 fn gzip_bomb_unpacks_within_the_default_limit() {
-    // 16 KiB of gzip inflating to 16 MiB: below the default 8 GiB cap, which `tinylet image
-    // import` does not let a caller lower (ImageStore::with_limits is not wired to a flag); the
-    // refusal side of the limit is shown by huge_size_field_is_refused_by_the_size_limit and by
-    // src/image/store_tests.rs.
+    // 16 KiB of gzip inflating to 16 MiB: below the default 8 GiB cap.
     assert!(fs::metadata(corpus("gzip-bomb.tar.gz")).unwrap().len() < 20 * 1024);
     let case = import(&["gzip-bomb.tar.gz"]);
     let snap = case.assert_contained();

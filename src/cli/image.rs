@@ -1,7 +1,7 @@
 //! `tinylet image import|pull|ls|rm|prune`: the image store from the command line.
 
 use super::args::Args;
-use super::root_dir;
+use super::{open_image_store, root_dir, IMAGE_LIMIT_FLAGS};
 use crate::image::ImageStore;
 use crate::kubelet;
 use std::path::PathBuf;
@@ -20,10 +20,12 @@ pub(super) fn main(rest: &[String]) -> Result<(), String> {
             "platform",
             "registry-mirror",
             "creds",
+            IMAGE_LIMIT_FLAGS[0],
+            IMAGE_LIMIT_FLAGS[1],
         ],
         &[],
     )?;
-    let store = ImageStore::open(&root_dir(&a)).map_err(|e| e.to_string())?;
+    let store = open_image_store(&a)?;
     match a.positional.first().map(String::as_str) {
         Some("pull") => image_pull(&store, &a),
         Some("import") => {

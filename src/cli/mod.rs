@@ -52,6 +52,8 @@ const RUN_FLAGS: &[&str] = &[
     "image-gc-low-threshold",
     "image-gc-period",
     "minimum-image-ttl-duration",
+    "image-max-unpacked-size",
+    "image-max-entries",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -139,6 +141,27 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
 
 fn root_dir(a: &Args) -> PathBuf {
     PathBuf::from(a.get("root-dir").unwrap_or("/var/lib/tinylet"))
+}
+
+/// The flags that bound what one image may unpack to (decompression bombs):
+/// `--image-max-unpacked-size` (a quantity, default 8Gi) and `--image-max-entries` (1000000).
+const IMAGE_LIMIT_FLAGS: [&str; 2] = ["image-max-unpacked-size", "image-max-entries"];
+
+/// The image store under `--root-dir`, with the unpack limits the flags set.
+fn open_image_store(a: &Args) -> Result<ImageStore, String> {
+    let mut limits = crate::image::Limits::default();
+    if let Some(v) = a.get("image-max-unpacked-size") {
+        limits.max_unpacked_bytes = crate::kube::quantity::parse_units(v)
+            .map_err(|e| format!("--image-max-unpacked-size: {}", e))?;
+    }
+    if let Some(v) = a.get("image-max-entries") {
+        limits.max_entries = v
+            .parse()
+            .map_err(|_| format!("--image-max-entries {:?}: must be a whole number", v))?;
+    }
+    Ok(ImageStore::open(&root_dir(a))
+        .map_err(|e| e.to_string())?
+        .with_limits(limits))
 }
 
 /// Parses manifests exactly as the daemon does and reports each pod or error.
@@ -279,7 +302,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             self_exe,
         },
         images: kubelet::image_puller::ImagePuller::new(
-            ImageStore::open(&config.root_dir).map_err(|e| e.to_string())?,
+            open_image_store(&a)?,
             node_pull_options(&a, &config.root_dir)?,
             max_parallel_pulls(&a)?,
         ),

@@ -75,8 +75,6 @@ impl ImageStore {
     }
 
     /// Overrides the per-image unpack limits (decompression-bomb guards).
-    // Not wired to a flag yet; tests use it. Drop the allow once the CLI/config sets limits.
-    #[allow(dead_code)]
     pub fn with_limits(mut self, limits: Limits) -> ImageStore {
         self.limits = limits;
         self
