@@ -11,15 +11,13 @@
 
 mod support;
 
-use serde_json::json;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use support::registry::sha256_digest;
+use support::oci::write_image_layout;
 
 const CANARY: &str = "/tmp/tinylet-hostile-canary";
 const VICTIM: &[u8] = b"victim\n";
@@ -110,82 +108,16 @@ fn import_with(layers: &[&str], flags: &[&str]) -> Case {
 }
 
 fn build_layout(layout: &Path, layers: &[&str]) {
-    let blobs = layout.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let write_blob = |data: &[u8]| {
-        let digest = sha256_digest(data);
-        fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
-        digest
-    };
-    let mut descriptors = Vec::new();
-    let mut diff_ids = Vec::new();
-    for name in layers {
-        let data = fs::read(corpus(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"));
-        let gz = name.ends_with(".gz");
-        let diff_id = if gz {
-            let mut tar = Vec::new();
-            flate2::read::GzDecoder::new(&data[..])
-                .read_to_end(&mut tar)
-                .unwrap();
-            sha256_digest(&tar)
-        } else {
-            sha256_digest(&data)
-        };
-        diff_ids.push(diff_id);
-        let media_type = if gz {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar"
-        };
-        descriptors.push(json!({
-            "mediaType": media_type,
-            "digest": write_blob(&data),
-            "size": data.len(),
-        }));
-    }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Cmd": ["/bin/true"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": write_blob(&config),
-            "size": config.len(),
-        },
-        "layers": descriptors,
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(&manifest);
-    fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "127.0.0.1:1/hostile/layer:1"},
-        }],
-    });
-    fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
+    let data: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|name| fs::read(corpus(name)).unwrap_or_else(|e| panic!("reading {name}: {e}")))
+        .collect();
+    write_image_layout(
+        layout,
+        &data,
+        &["/bin/true"],
+        Some("127.0.0.1:1/hostile/layer:1"),
+    );
 }
 
 impl Case {

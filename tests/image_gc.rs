@@ -6,65 +6,18 @@
 mod support;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
+use support::oci::{one_file_tar, write_image_layout};
 use support::*;
 
 const ALIAS: &str = "other.local/x:1";
 const TINY: &str = "other.local/tiny:1";
 
-fn sha256(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{:02x}", b))
-        .collect();
-    format!("sha256:{}", hex)
-}
-
 /// A one-file OCI layout: an image distinct from busybox, with its own blobs and snapshot.
 fn write_tiny_layout(dir: &Path) {
-    let mut tar = tar::Builder::new(Vec::new());
-    let data = b"tiny image payload\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_path("payload").unwrap();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_600_000_000);
-    h.set_cksum();
-    tar.append(&h, &data[..]).unwrap();
-    let layer = tar.into_inner().unwrap();
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch, "os": "linux", "config": {"Cmd": ["/payload"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(&manifest), "size": manifest.len()}],
-    }))
-    .unwrap();
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    for blob in [&layer, &config, &manifest] {
-        fs::write(blobs.join(&sha256(blob)[7..]), blob).unwrap();
-    }
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    fs::write(dir.join("index.json"), index).unwrap();
+    let layer = one_file_tar("payload", b"tiny image payload\n");
+    write_image_layout(dir, &[layer], &["/payload"], None);
 }
 
 fn import_tiny(node: &Node) {

@@ -9,7 +9,6 @@
 
 mod support;
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{Read, Write};
@@ -20,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::registry::{sha256_digest, Registry};
+use support::oci::{one_file_tar, sha256_digest, write_image_layout};
+use support::registry::Registry;
 
 const LAYER_BYTES: usize = 8 << 20;
 /// Registry -> tinylet: at most this many bytes per tick while throttled (~4 MiB/s).
@@ -44,66 +44,10 @@ fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 /// Returns (layer digest, sha256 of /random's content).
 fn build_big_layout(dir: &Path) -> (String, String) {
     let _ = fs::remove_dir_all(dir);
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
     let content = random_bytes(LAYER_BYTES, 0x9e37_79b9_7f4a_7c15);
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_path("random").unwrap();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    b.append(&h, &content[..]).unwrap();
-    let layer = b.into_inner().unwrap();
-    let write_blob = |data: &[u8]| {
-        let digest = sha256_digest(data);
-        fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
-        digest
-    };
-    let layer_digest = write_blob(&layer);
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Cmd": ["/random"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": write_blob(&config),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(&manifest);
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    (layer_digest, sha256_digest(&content))
+    let layer = one_file_tar("random", &content);
+    write_image_layout(dir, std::slice::from_ref(&layer), &["/random"], None);
+    (sha256_digest(&layer), sha256_digest(&content))
 }
 
 /// A loopback TCP relay to `upstream` that slows the upstream -> client direction while

@@ -9,7 +9,6 @@
 
 use super::{image_layout, WAIT};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -798,18 +797,7 @@ pub fn build_multiarch_layout(out: &Path) -> MultiArch {
 
 /// A tar holding only `/arch` with `content`.
 fn marker_layer(content: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_path("arch").unwrap();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    b.append(&h, content.as_bytes()).unwrap();
-    b.into_inner().unwrap()
+    super::oci::one_file_tar("arch", content.as_bytes())
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -819,13 +807,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    let hex: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{:02x}", b))
-        .collect();
-    format!("sha256:{}", hex)
-}
+pub use super::oci::sha256_digest;
 
 fn write_blob(blobs: &Path, data: &[u8]) -> String {
     let digest = sha256_digest(data);
