@@ -136,7 +136,7 @@ pub(crate) fn pull(
         let transport = Transport::new(&opts.ca_files)?;
         let platform = opts.platform.clone().unwrap_or_else(Platform::detect);
         let endpoints = endpoint::endpoints(&target.domain, opts);
-        let last = endpoints.len() - 1;
+        let last = endpoints.len().saturating_sub(1);
         for (i, ep) in endpoints.into_iter().enumerate() {
             let host = ep.host.clone();
             let mut client = Client::new(&transport, store, ep, &target, opts)?;
