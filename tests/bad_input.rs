@@ -163,16 +163,25 @@ fn image_missing_then_image_pull_back_off_then_imported() {
         &pod_manifest("pull").container("c", "sleep 3600").yaml(),
     );
     let mut reasons = Vec::new();
-    node.wait_for(WAIT, "ErrImagePull followed by ImagePullBackOff", |n| {
-        if let Some(p) = n.pod("pull") {
-            if let Some(r) = cstatus(&p, "c")["state"]["waiting"]["reason"].as_str() {
-                if reasons.last().map(String::as_str) != Some(r) {
-                    reasons.push(r.to_string());
+    // As the kubelet shows it: each failed attempt is ErrImagePull (with the registry's answer),
+    // the wait until the next one ImagePullBackOff.
+    node.wait_for(
+        WAIT,
+        "ErrImagePull, ImagePullBackOff, then ErrImagePull again",
+        |n| {
+            if let Some(p) = n.pod("pull") {
+                if let Some(r) = cstatus(&p, "c")["state"]["waiting"]["reason"].as_str() {
+                    if reasons.last().map(String::as_str) != Some(r) {
+                        reasons.push(r.to_string());
+                    }
                 }
             }
-        }
-        reasons.iter().any(|r| r == "ImagePullBackOff")
-    });
+            reasons
+                .iter()
+                .skip_while(|r| *r != "ImagePullBackOff")
+                .any(|r| r == "ErrImagePull")
+        },
+    );
     let first_pull_error = reasons.iter().position(|r| r == "ErrImagePull");
     let first_back_off = reasons.iter().position(|r| r == "ImagePullBackOff");
     assert!(

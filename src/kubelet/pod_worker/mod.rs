@@ -44,6 +44,8 @@ pub struct PodWorker {
     containers: Vec<ContainerRecord>,
     /// In-memory back-off for image and create errors (not crash loops), per container.
     retry: Vec<Option<Backoff>>,
+    /// When a failed pull's `ErrImagePull` gives way to `ImagePullBackOff`, per container.
+    pull_error_until: Vec<Option<f64>>,
     sandbox: Option<sandbox::Sandbox>,
     /// Namespaces being made while the first containers' bundles are prepared.
     pending_sandbox: Option<sandbox::PendingSandbox>,
@@ -112,6 +114,7 @@ impl PodWorker {
             record,
             containers,
             retry: vec![None; n],
+            pull_error_until: vec![None; n],
             sandbox: None,
             pending_sandbox: None,
             sandbox_started: None,
@@ -251,6 +254,7 @@ impl PodWorker {
                 Observed::Lost => self.on_exit(i, att, None),
             }
         }
+        self.show_pull_back_off(i);
         let rec = &self.containers[i];
         if rec.final_state.is_some() || rec.not_before.is_some_and(|t| now() < t) {
             return;
@@ -387,20 +391,14 @@ impl PodWorker {
         let image = match self.ctx.images.ensure(&c.image, &pull_policy, &who) {
             Ok(img) => img,
             Err(e) => {
-                // Like the kubelet: the first failure shows ErrImagePull, the retries while the
-                // back-off runs show ImagePullBackOff.
-                let backing_off = matches!(e, super::image_puller::ImageUnavailable::PullFailed(_))
-                    && self.containers[i]
-                        .waiting
-                        .as_ref()
-                        .and_then(|w| w.reason.as_deref())
-                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
-                let reason = if backing_off {
-                    "ImagePullBackOff"
-                } else {
-                    e.reason()
-                };
-                return self.wait_and_retry(i, reason, e.message().to_string());
+                self.wait_and_retry(i, e.reason(), e.message().to_string());
+                if matches!(e, super::image_puller::ImageUnavailable::PullFailed(_)) {
+                    // Like the kubelet: each failed pull shows ErrImagePull with the registry's
+                    // answer for a moment, then ImagePullBackOff until the next attempt.
+                    let delay = self.retry[i].map(|b| b.delay).unwrap_or(0.0);
+                    self.pull_error_until[i] = Some(now() + (delay / 2.0).min(2.0));
+                }
+                return;
             }
         };
         self.ctx.images.mark_used(&image, &who);
@@ -502,6 +500,29 @@ impl PodWorker {
 
     /// Short while a container is starting (to report Running promptly), longer while it runs,
     /// and never past the next scheduled retry.
+    /// Turns a shown `ErrImagePull` into `ImagePullBackOff` once its moment has passed and the
+    /// retry is still ahead.
+    fn show_pull_back_off(&mut self, i: usize) {
+        let Some(until) = self.pull_error_until[i] else {
+            return;
+        };
+        if now() < until {
+            return;
+        }
+        self.pull_error_until[i] = None;
+        let image = self.pod.spec.containers[i].image.clone();
+        let rec = &mut self.containers[i];
+        let showing_error =
+            rec.waiting.as_ref().and_then(|w| w.reason.as_deref()) == Some("ErrImagePull");
+        if showing_error && rec.not_before.is_some_and(|t| now() < t) {
+            rec.waiting = Some(StateWaiting {
+                reason: Some("ImagePullBackOff".into()),
+                message: Some(format!("Back-off pulling image {:?}", image)),
+            });
+            self.save(i);
+        }
+    }
+
     fn next_wake(&self) -> Duration {
         // With the bundle watcher, monitors' records wake the worker; without it, poll.
         let (starting, running) = if self.ctx.watcher.is_some() {
@@ -520,6 +541,9 @@ impl PodWorker {
                     }
                 }
             }
+        }
+        for t in self.pull_error_until.iter().flatten() {
+            wake = wake.min((t - now()).max(0.01));
         }
         if self.sandbox.is_none() {
             wake = wake.min((self.sandbox_retry_at - now()).max(0.01));
