@@ -21,6 +21,12 @@ pub fn rfc3339_nano(t: Duration) -> String {
     format!("{}T{}.{:09}Z", date, hms, t.subsec_nanos())
 }
 
+/// `2026-11-27T17:37:14.123456Z`: metav1.MicroTime (Lease renewTime, Event eventTime).
+pub fn rfc3339_micro(t: Duration) -> String {
+    let (date, hms) = civil(t.as_secs());
+    format!("{}T{}.{:06}Z", date, hms, t.subsec_micros())
+}
+
 /// Parses the forms `rfc3339` and `rfc3339_nano` produce (any fraction length, trailing Z).
 pub fn parse_rfc3339(s: &str) -> Option<Duration> {
     let s = s.strip_suffix('Z')?;

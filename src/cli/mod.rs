@@ -1,6 +1,7 @@
 //! The command line: `tinylet run|ps|logs|image|version` (and the internal `shim`).
 
 pub mod args;
+mod cluster;
 mod image;
 pub mod logs;
 pub mod ps;
@@ -21,6 +22,9 @@ usage:
               [--registry-mirror REGISTRY=URL]... [--serialize-image-pulls=false --max-parallel-image-pulls N]
               [--image-gc-high-threshold PCT] [--image-gc-low-threshold PCT] [--image-gc-period DURATION]
               [--minimum-image-ttl-duration DURATION]
+              [--kubeconfig FILE] [--bootstrap-kubeconfig FILE] [--node-labels K=V,...]
+              [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
+              [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -54,6 +58,15 @@ const RUN_FLAGS: &[&str] = &[
     "minimum-image-ttl-duration",
     "image-max-unpacked-size",
     "image-max-entries",
+    "kubeconfig",
+    "bootstrap-kubeconfig",
+    "node-labels",
+    "register-with-taints",
+    "max-pods",
+    "port",
+    "node-status-update-frequency",
+    "node-status-report-frequency",
+    "node-lease-duration-seconds",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -313,8 +326,10 @@ fn run(rest: &[String]) -> Result<(), String> {
         watcher: crate::runtime::watch::BundleWatcher::start()
             .map_err(|e| log::warn!("inotify unavailable ({}); pod workers will poll", e))
             .ok(),
+        cluster: Default::default(),
     };
-    kubelet::run(config, ctx)
+    let cluster_mode = cluster::mode(&a, &config, &version)?;
+    kubelet::run(config, ctx, cluster_mode)
 }
 
 /// The node's pull settings: the flags, and a docker config.json at `<root-dir>/config.json` or

@@ -37,6 +37,29 @@ pub struct PodSpec {
     pub hostname: Option<String>,
     #[serde(default)]
     pub node_name: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+}
+
+/// A pod volume: its name and its source, kept as JSON (`emptyDir`, `projected`, ...).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    pub source: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub sub_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -59,6 +82,8 @@ pub struct Container {
     pub image_pull_policy: Option<String>,
     #[serde(default)]
     pub security_context: Option<SecurityContext>,
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

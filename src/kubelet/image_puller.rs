@@ -51,8 +51,14 @@ impl ImagePuller {
     }
 
     /// The image for a container, pulling it if its policy says so. `who` names the pod and
-    /// container in log lines.
-    pub fn ensure(&self, image: &str, policy: &str, who: &str) -> Result<Image, ImageUnavailable> {
+    /// container in log lines; `note` hears the kubelet's events (Pulling, Pulled).
+    pub fn ensure(
+        &self,
+        image: &str,
+        policy: &str,
+        who: &str,
+        note: &dyn Fn(&'static str, String),
+    ) -> Result<Image, ImageUnavailable> {
         let local = match self.store.resolve(image) {
             Ok(local) => local,
             Err(e @ ImageError::InvalidReference { .. }) => {
@@ -69,12 +75,31 @@ impl ImagePuller {
             }
         };
         match (policy, local) {
-            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => Ok(img),
+            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => {
+                note(
+                    "Pulled",
+                    format!("Container image {:?} already present on machine", image),
+                );
+                Ok(img)
+            }
             ("Never", None) => Err(ImageUnavailable::NeverPull(format!(
                 "Container image {:?} is not present with pull policy of Never",
                 image
             ))),
-            _ => self.pull(image, who),
+            _ => {
+                note("Pulling", format!("Pulling image {:?}", image));
+                let started = std::time::Instant::now();
+                let img = self.pull(image, who)?;
+                note(
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {:?} in {:.3?}",
+                        image,
+                        started.elapsed()
+                    ),
+                );
+                Ok(img)
+            }
         }
     }
 
@@ -193,17 +218,17 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tinylet-puller-{}", std::process::id()));
         let puller = ImagePuller::new(ImageStore::open(&root).unwrap(), PullOptions::default(), 1);
         let e = puller
-            .ensure("127.0.0.1:1/none:1", "Never", "test")
+            .ensure("127.0.0.1:1/none:1", "Never", "test", &|_, _| {})
             .unwrap_err();
         assert_eq!(e.reason(), "ErrImageNeverPull");
         assert!(e.message().contains("pull policy of Never"), "{:?}", e);
         let e = puller
-            .ensure("Bad Name", "IfNotPresent", "test")
+            .ensure("Bad Name", "IfNotPresent", "test", &|_, _| {})
             .unwrap_err();
         assert_eq!(e.reason(), "InvalidImageName");
         // Nothing listens on 127.0.0.1:1: the pull fails at once, as ErrImagePull.
         let e = puller
-            .ensure("127.0.0.1:1/none:1", "IfNotPresent", "test")
+            .ensure("127.0.0.1:1/none:1", "IfNotPresent", "test", &|_, _| {})
             .unwrap_err();
         assert_eq!(e.reason(), "ErrImagePull");
         assert!(e.message().contains("127.0.0.1:1"), "{:?}", e);

@@ -28,6 +28,21 @@ impl DesiredPod {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// The grace period of a pod being deleted at the API server (`deletionTimestamp` set):
+    /// `deletionGracePeriodSeconds`, else the pod's own.
+    pub fn deletion_grace(&self) -> Option<i64> {
+        let meta = &self.object["metadata"];
+        if meta["deletionTimestamp"].is_null() {
+            return None;
+        }
+        Some(
+            meta["deletionGracePeriodSeconds"]
+                .as_i64()
+                .or(self.spec.termination_grace_period_seconds)
+                .unwrap_or(30),
+        )
+    }
+
     /// Rebuilds a pod from the object the agent stored for it (already named and defaulted).
     pub fn from_stored(object: Value, source: PathBuf) -> Result<DesiredPod, String> {
         let meta: ObjectMeta = typed(

@@ -2,6 +2,7 @@
 //! worker per pod, starting workers for new pods and terminating workers of removed ones.
 
 pub mod backoff;
+pub mod cluster;
 pub mod env;
 pub mod image_gc;
 pub mod image_puller;
@@ -34,10 +35,19 @@ pub struct Context {
     pub pod_log_dir: PathBuf,
     /// Wakes workers when monitors write records; `None` if inotify is unavailable (workers poll).
     pub watcher: Option<Arc<crate::runtime::watch::BundleWatcher>>,
+    /// Status updates and events for the API server, in cluster mode.
+    pub cluster: std::sync::OnceLock<Arc<cluster::Link>>,
+}
+
+/// Where desired pods come from; each source's set replaces its previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    File,
+    Api,
 }
 
 pub enum Event {
-    Desired(DesiredSet),
+    Desired(Source, DesiredSet),
     Terminated(String),
 }
 
@@ -45,10 +55,17 @@ struct WorkerHandle {
     tx: Sender<WorkerMsg>,
     full_name: String,
     terminating: bool,
+    from_api: bool,
+}
+
+/// The API server to join, for cluster mode.
+pub struct ClusterMode {
+    pub client: Arc<crate::kube::client::ApiClient>,
+    pub settings: cluster::Settings,
 }
 
 /// Runs the agent until killed. Pods keep running when it stops and are adopted when it starts.
-pub fn run(config: Config, ctx: Context) -> Result<(), String> {
+pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> Result<(), String> {
     let ctx = Arc::new(ctx);
     fsutil::ensure_dir(&store::pods_dir(&config.root_dir)).map_err(|e| e.to_string())?;
     image_gc::start(
@@ -64,6 +81,10 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
         },
     )?;
     let (tx, rx) = channel::<Event>();
+    if let Some(cm) = cluster_mode {
+        let link = cluster::start(cm.client, cm.settings, tx.clone())?;
+        let _ = ctx.cluster.set(link);
+    }
 
     let mut source = StaticSource::new(&config.pod_manifest_path, &config.node_name);
     source.scan();
@@ -78,7 +99,11 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
             if changed {
                 log::debug!("manifest directory changed; re-read in {:?}", t0.elapsed());
             }
-            if changed && source_tx.send(Event::Desired(source.desired())).is_err() {
+            if changed
+                && source_tx
+                    .send(Event::Desired(Source::File, source.desired()))
+                    .is_err()
+            {
                 return;
             }
         })
@@ -88,11 +113,33 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
     // Pods waiting for an earlier pod of the same namespace/name to finish terminating.
     let mut queued: BTreeMap<String, DesiredPod> = BTreeMap::new();
 
+    let mut sets: BTreeMap<Source, DesiredSet> = BTreeMap::new();
+    sets.insert(Source::File, first);
     // Pods on disk that no source wants any more (removed while the agent was down): terminate them.
-    let wanted: std::collections::HashSet<String> =
-        first.pods.iter().map(|p| p.uid.clone()).collect();
+    // API pods are kept (and adopted) until the API server's list says otherwise: a control plane
+    // that is slow or down must not cost running pods.
+    let wanted: std::collections::HashSet<String> = sets[&Source::File]
+        .pods
+        .iter()
+        .map(|p| p.uid.clone())
+        .collect();
+    let mut api_pods = DesiredSet::default();
     for stored in store::list_pods(&config.root_dir) {
         if wanted.contains(&stored.uid) {
+            continue;
+        }
+        if ctx.cluster.get().is_some() && stored.record.source.as_os_str() == cluster::API_SOURCE {
+            match DesiredPod::from_stored(
+                stored.record.object.clone(),
+                stored.record.source.clone(),
+            ) {
+                Ok(pod) => api_pods.pods.push(pod),
+                Err(e) => log::error!(
+                    "pod directory {}: unreadable pod record ({}); leaving it for inspection",
+                    stored.dir.display(),
+                    e
+                ),
+            }
             continue;
         }
         match DesiredPod::from_stored(stored.record.object.clone(), stored.record.source.clone()) {
@@ -103,7 +150,7 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
                 );
                 let uid = pod.uid.clone();
                 let h = spawn_worker(&ctx, pod, &tx)?;
-                let _ = h.tx.send(WorkerMsg::Terminate);
+                let _ = h.tx.send(WorkerMsg::Terminate { grace: None });
                 workers.insert(
                     uid,
                     WorkerHandle {
@@ -119,15 +166,36 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
             ),
         }
     }
+    if let Some(link) = ctx.cluster.get() {
+        sets.insert(Source::Api, api_pods);
+        let _ = link.api_sync.send(cluster::api_sync::Msg::StaticPods(
+            sets[&Source::File].pods.clone(),
+        ));
+    }
     collect_orphan_bundles(&ctx, &config);
-    apply_desired(&ctx, first, &config, &tx, &mut workers, &mut queued)?;
+    apply_desired(&ctx, &sets, &config, &tx, &mut workers, &mut queued)?;
 
     for event in rx {
         match event {
-            Event::Desired(set) => {
-                apply_desired(&ctx, set, &config, &tx, &mut workers, &mut queued)?
+            Event::Desired(source, set) => {
+                if source == Source::File {
+                    if let Some(link) = ctx.cluster.get() {
+                        let _ = link
+                            .api_sync
+                            .send(cluster::api_sync::Msg::StaticPods(set.pods.clone()));
+                    }
+                }
+                sets.insert(source, set);
+                apply_desired(&ctx, &sets, &config, &tx, &mut workers, &mut queued)?
             }
             Event::Terminated(uid) => {
+                if let Some(link) = ctx.cluster.get() {
+                    if workers.get(&uid).is_some_and(|h| h.from_api) {
+                        let _ = link
+                            .api_sync
+                            .send(cluster::api_sync::Msg::Terminated { uid: uid.clone() });
+                    }
+                }
                 if let Some(h) = workers.remove(&uid) {
                     if let Some(pod) = queued.remove(&h.full_name) {
                         let uid = pod.uid.clone();
@@ -143,13 +211,16 @@ pub fn run(config: Config, ctx: Context) -> Result<(), String> {
 
 fn apply_desired(
     ctx: &Arc<Context>,
-    set: DesiredSet,
+    sets: &BTreeMap<Source, DesiredSet>,
     config: &Config,
     tx: &Sender<Event>,
     workers: &mut HashMap<String, WorkerHandle>,
     queued: &mut BTreeMap<String, DesiredPod>,
 ) -> Result<(), String> {
-    let errors: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    let errors: Vec<String> = sets
+        .get(&Source::File)
+        .map(|s| s.errors.iter().map(|e| e.to_string()).collect())
+        .unwrap_or_default();
     let errors_file = config.root_dir.join("manifest-errors.json");
     let unchanged = fsutil::read_json::<Vec<String>>(&errors_file)
         .ok()
@@ -160,29 +231,64 @@ fn apply_desired(
             log::error!("saving manifest errors: {}", e);
         }
     }
-    let wanted: std::collections::HashSet<&str> = set.pods.iter().map(|p| p.uid.as_str()).collect();
+    let pods: Vec<&DesiredPod> = sets.values().flat_map(|s| s.pods.iter()).collect();
+    let wanted: HashMap<&str, &DesiredPod> = pods.iter().map(|p| (p.uid.as_str(), *p)).collect();
     for (uid, h) in workers.iter_mut() {
-        if !h.terminating && !wanted.contains(uid.as_str()) {
-            log::info!(
-                "pod {}: removed from its manifest; terminating",
-                h.full_name
-            );
-            h.terminating = true;
-            let _ = h.tx.send(WorkerMsg::Terminate);
+        if h.terminating {
+            continue;
         }
+        let grace = match wanted.get(uid.as_str()) {
+            None => {
+                let from = if h.from_api {
+                    "deleted from the API server"
+                } else {
+                    "removed from its manifest"
+                };
+                log::info!("pod {}: {}; terminating", h.full_name, from);
+                None
+            }
+            Some(p) => match p.deletion_grace() {
+                Some(g) => {
+                    log::info!(
+                        "pod {}: deleted at the API server; terminating (grace period {}s)",
+                        h.full_name,
+                        g
+                    );
+                    Some(g)
+                }
+                None => continue,
+            },
+        };
+        h.terminating = true;
+        let _ = h.tx.send(WorkerMsg::Terminate { grace });
     }
-    queued.retain(|_, p| wanted.contains(p.uid.as_str()));
-    for pod in set.pods {
+    queued.retain(|_, p| wanted.contains_key(p.uid.as_str()) && p.deletion_grace().is_none());
+    for pod in pods {
         if workers.contains_key(&pod.uid) {
+            continue;
+        }
+        if let Some(grace) = pod.deletion_grace() {
+            // Being deleted and not running here (or no longer known to be): make sure nothing of
+            // it is left, then let the API server forget it.
+            let uid = pod.uid.clone();
+            let h = spawn_worker(ctx, pod.clone(), tx)?;
+            let _ = h.tx.send(WorkerMsg::Terminate { grace: Some(grace) });
+            workers.insert(
+                uid,
+                WorkerHandle {
+                    terminating: true,
+                    ..h
+                },
+            );
             continue;
         }
         // Like the kubelet: a new pod under an old name waits until the old one is gone.
         if workers.values().any(|h| h.full_name == pod.full_name()) {
-            queued.insert(pod.full_name(), pod);
+            queued.insert(pod.full_name(), pod.clone());
             continue;
         }
         let uid = pod.uid.clone();
-        let h = spawn_worker(ctx, pod, tx)?;
+        let h = spawn_worker(ctx, pod.clone(), tx)?;
         workers.insert(uid, h);
     }
     Ok(())
@@ -195,6 +301,7 @@ fn spawn_worker(
 ) -> Result<WorkerHandle, String> {
     let (wtx, wrx) = channel();
     let full_name = pod.full_name();
+    let from_api = pod.source.as_os_str() == cluster::API_SOURCE;
     let worker = PodWorker::new(ctx.clone(), pod, wtx.clone());
     let done = tx.clone();
     std::thread::Builder::new()
@@ -206,6 +313,7 @@ fn spawn_worker(
         tx: wtx,
         full_name,
         terminating: false,
+        from_api,
     })
 }
 

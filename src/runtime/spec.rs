@@ -104,6 +104,8 @@ pub struct SpecInput<'a> {
     pub cpu_limit_millis: Option<u64>,
     pub cpu_request_millis: Option<u64>,
     pub annotations: Vec<(String, String)>,
+    /// Volumes: (path in the container, path on the host, read-only), in mount order.
+    pub binds: Vec<(String, std::path::PathBuf, bool)>,
 }
 
 pub fn build(input: &SpecInput) -> Result<Value, String> {
@@ -237,6 +239,10 @@ fn mounts(input: &SpecInput, privileged: bool) -> Vec<Value> {
             m.push(json!({"destination": format!("/etc/{}", f), "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
         }
     }
+    for (dest, src, ro) in &input.binds {
+        let mode = if *ro { "ro" } else { "rw" };
+        m.push(json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate", mode]}));
+    }
     m
 }
 
@@ -273,6 +279,7 @@ mod tests {
             cpu_limit_millis: Some(500),
             cpu_request_millis: Some(250),
             annotations: vec![],
+            binds: vec![],
         }
     }
 

@@ -6,6 +6,7 @@
 //! Needs root, runc and a static busybox (the image is built by scripts/make-busybox-image).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
+pub mod apiserver;
 pub mod oci;
 pub mod registry;
 

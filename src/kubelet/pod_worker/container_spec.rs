@@ -59,6 +59,7 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.hostname();
+        let binds = self.binds(c)?;
         let input = spec::SpecInput {
             container: c,
             args,
@@ -84,6 +85,7 @@ impl PodWorker {
                 ("io.kubernetes.pod.uid".into(), self.pod.uid.clone()),
                 ("io.kubernetes.container.name".into(), c.name.clone()),
             ],
+            binds,
         };
         spec::build(&input)
     }

@@ -21,10 +21,12 @@ mod container_spec;
 mod pod_setup;
 mod pod_status;
 mod terminate;
+mod volumes;
 
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
-    Terminate,
+    /// `grace` overrides the pod's terminationGracePeriodSeconds (a deletion's grace period).
+    Terminate { grace: Option<i64> },
     /// A container's monitor wrote a record: look at the containers again.
     Wake,
 }
@@ -57,6 +59,10 @@ pub struct PodWorker {
     record_dirty: bool,
     /// The worker's own inbox, handed to the bundle watcher so monitors' records wake it.
     wake: Sender<WorkerMsg>,
+    /// The pod's volumes, once made.
+    volumes: Option<volumes::PodVolumes>,
+    /// The status was handed to the API sync at least once since this worker started.
+    status_announced: bool,
 }
 
 fn now() -> f64 {
@@ -123,6 +129,8 @@ impl PodWorker {
             published,
             record_dirty,
             wake,
+            volumes: None,
+            status_announced: false,
         }
     }
 
@@ -170,8 +178,8 @@ impl PodWorker {
         let mut wait = Duration::ZERO;
         loop {
             match rx.recv_timeout(wait) {
-                Ok(WorkerMsg::Terminate) => {
-                    self.terminate();
+                Ok(WorkerMsg::Terminate { grace }) => {
+                    self.terminate(grace);
                     let _ = done.send(Event::Terminated(self.pod.uid.clone()));
                     return;
                 }
@@ -194,6 +202,19 @@ impl PodWorker {
             && now() >= self.sandbox_retry_at
         {
             self.setup_sandbox();
+        }
+        // Service-account tokens are renewed before they expire.
+        if self
+            .volumes
+            .as_ref()
+            .is_some_and(|v| v.refresh_at.is_some_and(|t| now() >= t))
+        {
+            if let Err(e) = self.ensure_volumes() {
+                log::warn!("pod {}: refreshing volumes: {}", self.pod.full_name(), e);
+                if let Some(v) = self.volumes.as_mut() {
+                    v.refresh_at = Some(now() + 10.0);
+                }
+            }
         }
         if self.sandbox.is_some() || self.pending_sandbox.is_some() {
             for i in 0..self.containers.len() {
@@ -237,6 +258,13 @@ impl PodWorker {
                             self.pod.full_name(),
                             self.containers[i].name,
                             short(&att.id)
+                        );
+                        let name = self.containers[i].name.clone();
+                        self.event(
+                            Some(&name),
+                            "Normal",
+                            "Started",
+                            format!("Started container {}", name),
                         );
                         let rec = &mut self.containers[i];
                         rec.current = Some(Attempt {
@@ -323,6 +351,7 @@ impl PodWorker {
             "container={} pod={}_{}({})",
             name, self.pod.name, self.pod.namespace, self.pod.uid
         );
+        let mut back_off = false;
         let rec = &mut self.containers[i];
         rec.current = None;
         if restart {
@@ -342,6 +371,7 @@ impl PodWorker {
                             label
                         )),
                     });
+                    back_off = true;
                 }
                 _ => {
                     rec.not_before = None;
@@ -353,6 +383,17 @@ impl PodWorker {
             rec.waiting = None;
         }
         self.save(i);
+        if back_off {
+            self.event(
+                Some(&name),
+                "Warning",
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    name, label
+                ),
+            );
+        }
     }
 
     /// Sets a waiting reason and schedules the next attempt with the in-memory retry back-off.
@@ -388,9 +429,26 @@ impl PodWorker {
             .clone()
             .unwrap_or_else(|| super::manifest::default_pull_policy(&c.image).into());
         let who = format!("pod {}: container {}", self.pod.full_name(), c.name);
-        let image = match self.ctx.images.ensure(&c.image, &pull_policy, &who) {
+        let note = |reason: &'static str, message: String| {
+            self.event(Some(&c.name), "Normal", reason, message)
+        };
+        let image = match self.ctx.images.ensure(&c.image, &pull_policy, &who, &note) {
             Ok(img) => img,
             Err(e) => {
+                if matches!(e, super::image_puller::ImageUnavailable::PullFailed(_)) {
+                    self.event(
+                        Some(&c.name),
+                        "Warning",
+                        "Failed",
+                        format!("Failed to pull image {:?}: {}", c.image, e.message()),
+                    );
+                }
+                self.event(
+                    Some(&c.name),
+                    "Warning",
+                    "Failed",
+                    format!("Error: {}", e.reason()),
+                );
                 self.wait_and_retry(i, e.reason(), e.message().to_string());
                 if matches!(e, super::image_puller::ImageUnavailable::PullFailed(_)) {
                     // Like the kubelet: each failed pull shows ErrImagePull with the registry's
@@ -402,6 +460,10 @@ impl PodWorker {
             }
         };
         self.ctx.images.mark_used(&image, &who);
+        if let Err(e) = self.ensure_volumes() {
+            self.event(None, "Warning", "FailedMount", e.clone());
+            return self.wait_and_retry(i, "ContainerCreating", e);
+        }
         let Some(sb) = self
             .sandbox
             .clone()
@@ -488,6 +550,12 @@ impl PodWorker {
         rec.image = image.name.clone();
         rec.image_id = image.repo_digest.clone();
         self.watch(&id);
+        self.event(
+            Some(&c.name),
+            "Normal",
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         log::info!(
             "pod {}: container {} created (id {}, restart {})",
             self.pod.full_name(),
@@ -547,6 +615,9 @@ impl PodWorker {
         }
         if self.sandbox.is_none() {
             wake = wake.min((self.sandbox_retry_at - now()).max(0.01));
+        }
+        if let Some(t) = self.volumes.as_ref().and_then(|v| v.refresh_at) {
+            wake = wake.min((t - now()).max(0.01));
         }
         Duration::from_secs_f64(wake)
     }

@@ -90,14 +90,48 @@ impl PodWorker {
             qos_class: Some(status::qos_class(&self.pod.spec).into()),
         };
         if self.published.as_ref() == Some(&st) {
+            // A restarted agent still tells the API server once: it may have missed the last one.
+            if !self.status_announced {
+                self.status_announced = true;
+                if let Some(link) = self.ctx.cluster.get() {
+                    link.pod_status(&self.pod, &st);
+                }
+            }
             return;
         }
+        self.status_announced = true;
         if self.published.as_ref().map(|p| p.phase.as_str()) != Some(phase) {
             log::info!("pod {}: phase {}", self.pod.full_name(), phase);
         }
         if let Err(e) = store::save_status(&self.dir, &st) {
             log::error!("pod {}: saving status: {}", self.pod.full_name(), e);
         }
+        if let Some(link) = self.ctx.cluster.get() {
+            link.pod_status(&self.pod, &st);
+        }
         self.published = Some(st);
+    }
+
+    /// Records an event about this pod (or one of its containers) in cluster mode.
+    pub(super) fn event(
+        &self,
+        container: Option<&str>,
+        type_: &'static str,
+        reason: &'static str,
+        message: String,
+    ) {
+        if let Some(link) = self.ctx.cluster.get() {
+            link.events.record(
+                crate::kubelet::cluster::events::pod_ref(
+                    &self.pod.namespace,
+                    &self.pod.name,
+                    &self.pod.uid,
+                    container,
+                ),
+                type_,
+                reason,
+                message,
+            );
+        }
     }
 }

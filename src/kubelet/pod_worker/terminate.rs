@@ -3,12 +3,10 @@
 use super::*;
 
 impl PodWorker {
-    pub(super) fn terminate(&mut self) {
+    pub(super) fn terminate(&mut self, grace: Option<i64>) {
         let name = self.pod.full_name();
-        let grace = self
-            .pod
-            .spec
-            .termination_grace_period_seconds
+        let grace = grace
+            .or(self.pod.spec.termination_grace_period_seconds)
             .unwrap_or(30)
             .max(MIN_GRACE_SECS);
         log::info!("pod {}: terminating (grace period {}s)", name, grace);
@@ -25,6 +23,20 @@ impl PodWorker {
                 std::thread::sleep(Duration::from_millis(50));
             }
         };
+        for (c, id) in self
+            .containers
+            .iter()
+            .filter_map(|c| c.current.as_ref().map(|a| (c, &a.id)))
+        {
+            if alive(id) {
+                self.event(
+                    Some(&c.name),
+                    "Normal",
+                    "Killing",
+                    format!("Stopping container {}", c.name),
+                );
+            }
+        }
         for id in ids.iter().filter(|id| alive(id)) {
             if let Err(e) = rt.signal(id, "TERM") {
                 log::debug!("pod {}: {}", name, e);

@@ -1,0 +1,200 @@
+//! The API pod source, as the kubelet's `config/apiserver.go` reflector: LIST the pods bound to
+//! this node, then WATCH from the list's resourceVersion with bookmarks, reading the stream
+//! synchronously. A 410 (expired resourceVersion, as an HTTP status or an ERROR event) means
+//! LIST again; any other failure means watch again from the last resourceVersion seen, after a
+//! back-off of 800 ms doubling to 30 s. In steady state the only request is one long watch,
+//! renewed every 5–10 minutes.
+
+use super::api_sync;
+use super::{RetryDelay, Settings, API_SOURCE};
+use crate::kube::client::{escape, resource_version, ApiClient, ApiError};
+use crate::kubelet::manifest::DesiredPod;
+use crate::kubelet::static_source::DesiredSet;
+use crate::kubelet::{Event, Source};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The annotation that marks a mirror pod (the API's copy of a static pod).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+pub fn start(
+    client: Arc<ApiClient>,
+    settings: Settings,
+    supervisor: Sender<Event>,
+    api_sync: Sender<api_sync::Msg>,
+) -> Result<(), String> {
+    super::spawn("pod-source", move || {
+        PodSource {
+            client,
+            selector: escape(&format!("spec.nodeName={}", settings.node_name)),
+            supervisor,
+            api_sync,
+            pods: BTreeMap::new(),
+        }
+        .run()
+    })
+}
+
+struct PodSource {
+    client: Arc<ApiClient>,
+    /// The escaped `fieldSelector` value.
+    selector: String,
+    supervisor: Sender<Event>,
+    api_sync: Sender<api_sync::Msg>,
+    /// uid -> the pod as the API server last showed it.
+    pods: BTreeMap<String, Value>,
+}
+
+enum WatchEnd {
+    /// Closed by the server or broken: watch again from the last resourceVersion.
+    Closed,
+    /// The agent is shutting down.
+    Stop,
+}
+
+impl PodSource {
+    fn run(mut self) {
+        let mut delay = RetryDelay::default();
+        loop {
+            let rv = match self.list() {
+                Ok(rv) => rv,
+                Err(e) => {
+                    let d = delay.failed();
+                    log::warn!("listing this node's pods: {}; retrying in {:?}", e, d);
+                    std::thread::sleep(d);
+                    continue;
+                }
+            };
+            if !self.publish() {
+                return;
+            }
+            let mut rv = rv;
+            loop {
+                match self.watch(&mut rv) {
+                    Ok(WatchEnd::Stop) => return,
+                    Ok(WatchEnd::Closed) => delay.reset(),
+                    Err(e) if e.is_expired() => {
+                        log::info!("pod watch: {}; listing again", e);
+                        break;
+                    }
+                    Err(e) => {
+                        let d = delay.failed();
+                        log::warn!("watching this node's pods: {}; retrying in {:?}", e, d);
+                        std::thread::sleep(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn list(&mut self) -> Result<String, ApiError> {
+        let list = self
+            .client
+            .get(&format!("/api/v1/pods?fieldSelector={}", self.selector))?;
+        let rv = resource_version(&list).unwrap_or_default().to_string();
+        self.pods.clear();
+        for pod in list["items"].as_array().cloned().unwrap_or_default() {
+            if let Some(uid) = pod["metadata"]["uid"].as_str() {
+                self.pods.insert(uid.to_string(), pod);
+            }
+        }
+        log::info!(
+            "API server: {} pod(s) bound to this node (resourceVersion {})",
+            self.pods.len(),
+            rv
+        );
+        Ok(rv)
+    }
+
+    fn watch(&mut self, rv: &mut String) -> Result<WatchEnd, ApiError> {
+        // client-go picks a random timeout between 5 and 10 minutes so watches of many nodes do
+        // not all end together.
+        let timeout = 300 + random_below(300);
+        let path = format!(
+            "/api/v1/pods?fieldSelector={}&watch=true&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
+            self.selector,
+            escape(rv),
+            timeout
+        );
+        let mut stream = self
+            .client
+            .watch(&path, Duration::from_secs(timeout + 60))?;
+        loop {
+            let Some(ev) = stream.next_event()? else {
+                return Ok(WatchEnd::Closed);
+            };
+            if let Some(v) = resource_version(&ev.object) {
+                *rv = v.to_string();
+            }
+            let uid = ev.object["metadata"]["uid"].as_str().map(str::to_string);
+            match (ev.kind.as_str(), uid) {
+                ("ADDED" | "MODIFIED", Some(uid)) => {
+                    self.pods.insert(uid, ev.object);
+                }
+                ("DELETED", Some(uid)) => {
+                    self.pods.remove(&uid);
+                }
+                ("BOOKMARK", _) => continue,
+                (kind, _) => {
+                    log::debug!("pod watch: ignoring a {:?} event", kind);
+                    continue;
+                }
+            }
+            if !self.publish() {
+                return Ok(WatchEnd::Stop);
+            }
+        }
+    }
+
+    /// Sends the current set to the supervisor (pods to run) and the API sync (everything,
+    /// mirror pods included). False when the agent is shutting down.
+    fn publish(&self) -> bool {
+        let mut set = DesiredSet::default();
+        for pod in self.pods.values() {
+            if is_mirror(pod) {
+                continue;
+            }
+            let mut object = pod.clone();
+            if let Some(o) = object.as_object_mut() {
+                o.remove("status");
+            }
+            match DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)) {
+                Ok(p) => set.pods.push(p),
+                Err(e) => {
+                    let name = format!(
+                        "{}/{}",
+                        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        pod["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    log::error!("pod {}: cannot run it: {}", name, e);
+                    let _ = self.api_sync.send(api_sync::Msg::Rejected {
+                        pod: pod.clone(),
+                        message: e,
+                    });
+                }
+            }
+        }
+        let _ = self.api_sync.send(api_sync::Msg::ApiPods(
+            self.pods.values().cloned().collect(),
+        ));
+        self.supervisor
+            .send(Event::Desired(Source::Api, set))
+            .is_ok()
+    }
+}
+
+pub fn is_mirror(pod: &Value) -> bool {
+    pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_string()
+}
+
+fn random_below(n: u64) -> u64 {
+    let r = crate::fsutil::random_hex(8)
+        .ok()
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .unwrap_or(0);
+    r % n.max(1)
+}

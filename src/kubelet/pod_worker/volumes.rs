@@ -1,0 +1,361 @@
+//! Pod volumes, made under `<pod dir>/volumes/<name>` and bind-mounted into containers:
+//! - `emptyDir`: a directory that lives as long as the pod;
+//! - `hostPath`: a host path (created for `DirectoryOrCreate`);
+//! - `configMap`, `secret`, `downwardAPI` and `projected` (which combines them with
+//!   `serviceAccountToken`): files written from the API server's objects, as the kubelet's
+//!   AtomicWriter does, each file replaced atomically. This is what the `kube-api-access-*` volume
+//!   every API pod gets needs: a token from the TokenRequest API (refreshed at 80 % of its
+//!   lifetime), the `kube-root-ca.crt` configMap and the namespace.
+//!
+//! Sources that need the API server are unavailable in standalone mode: such a pod waits in
+//! ContainerCreating with the reason in its status, as the kubelet's FailedMount does.
+
+use super::*;
+use crate::base64::base64_decode;
+use crate::kube::client::{escape, ApiClient};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The kubelet refreshes a projected token once 80 % of its lifetime has passed.
+const TOKEN_REFRESH_FRACTION: f64 = 0.8;
+
+/// Volumes of a pod, once made.
+#[derive(Default)]
+pub(super) struct PodVolumes {
+    /// volume name -> host path.
+    pub paths: std::collections::BTreeMap<String, PathBuf>,
+    /// When a service-account token must be requested again (unix seconds).
+    pub refresh_at: Option<f64>,
+}
+
+impl PodWorker {
+    fn volumes_dir(&self) -> PathBuf {
+        self.dir.join("volumes")
+    }
+
+    /// Makes (or refreshes) every volume; an error names the volume and what is wrong.
+    pub(super) fn ensure_volumes(&mut self) -> Result<(), String> {
+        let due = match &self.volumes {
+            None => true,
+            Some(v) => v.refresh_at.is_some_and(|t| now() >= t),
+        };
+        if !due {
+            return Ok(());
+        }
+        let mut made = PodVolumes::default();
+        for vol in self.pod.spec.volumes.clone() {
+            let path = self.make_volume(&vol, &mut made.refresh_at).map_err(|e| {
+                format!("MountVolume.SetUp failed for volume {:?}: {}", vol.name, e)
+            })?;
+            made.paths.insert(vol.name.clone(), path);
+        }
+        self.volumes = Some(made);
+        Ok(())
+    }
+
+    /// The bind mounts of container `c`: (container path, host path, read-only).
+    pub(super) fn binds(&self, c: &Container) -> Result<Vec<(String, PathBuf, bool)>, String> {
+        let Some(vols) = &self.volumes else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for m in &c.volume_mounts {
+            let host = vols.paths.get(&m.name).ok_or_else(|| {
+                format!(
+                    "volumeMounts {:?}: no volume of that name in the pod",
+                    m.name
+                )
+            })?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) => {
+                    let p = host.join(relative_path(sub)?);
+                    if !p.exists() {
+                        std::fs::create_dir_all(&p)
+                            .map_err(|e| format!("subPath {}: {}", p.display(), e))?;
+                    }
+                    p
+                }
+                None => host.clone(),
+            };
+            if !m.mount_path.starts_with('/') {
+                return Err(format!(
+                    "volumeMounts {:?}: mountPath {:?} must be absolute",
+                    m.name, m.mount_path
+                ));
+            }
+            out.push((m.mount_path.clone(), host, m.read_only));
+        }
+        Ok(out)
+    }
+
+    fn make_volume(&self, vol: &Volume, refresh_at: &mut Option<f64>) -> Result<PathBuf, String> {
+        let dir = self.volumes_dir().join(relative_path(&vol.name)?);
+        let src = &vol.source;
+        if let Some(host) = src.get("hostPath") {
+            let path = host["path"]
+                .as_str()
+                .ok_or("hostPath.path: Required value")?;
+            let kind = host["type"].as_str().unwrap_or("");
+            let p = PathBuf::from(path);
+            match kind {
+                "DirectoryOrCreate" => {
+                    std::fs::create_dir_all(&p).map_err(|e| format!("{}: {}", path, e))?
+                }
+                "Directory" if !p.is_dir() => {
+                    return Err(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        path
+                    ))
+                }
+                "File" if !p.is_file() => {
+                    return Err(format!(
+                        "hostPath type check failed: {} is not a file",
+                        path
+                    ))
+                }
+                _ => {}
+            }
+            return Ok(p);
+        }
+        fsutil::ensure_dir(&dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
+        if src.contains_key("emptyDir") {
+            return Ok(dir);
+        }
+        let default_mode = |v: &Value| v["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+        if let Some(p) = src.get("projected") {
+            let mode = default_mode(p);
+            for source in p["sources"].as_array().into_iter().flatten() {
+                if let Some(t) = source.get("serviceAccountToken") {
+                    let (token, refresh) = self.service_account_token(t)?;
+                    *refresh_at = Some(refresh_at.map_or(refresh, |r: f64| r.min(refresh)));
+                    let path = t["path"].as_str().unwrap_or("token");
+                    files.push((path.to_string(), token.into_bytes(), mode));
+                } else if let Some(c) = source.get("configMap") {
+                    files.extend(self.object_files("configmaps", c, mode)?);
+                } else if let Some(s) = source.get("secret") {
+                    files.extend(self.object_files("secrets", s, mode)?);
+                } else if let Some(d) = source.get("downwardAPI") {
+                    files.extend(self.downward_files(d, mode)?);
+                } else {
+                    return Err(format!("projected source {} is not supported", source));
+                }
+            }
+        } else if let Some(c) = src.get("configMap") {
+            files = self.object_files("configmaps", c, default_mode(c))?;
+        } else if let Some(s) = src.get("secret") {
+            files = self.object_files("secrets", s, default_mode(s))?;
+        } else if let Some(d) = src.get("downwardAPI") {
+            files = self.downward_files(d, default_mode(d))?;
+        } else {
+            let kinds: Vec<&String> = src.keys().collect();
+            return Err(format!(
+                "volume type {:?} is not supported by tinylet",
+                kinds
+            ));
+        }
+        for (path, data, mode) in files {
+            let target = dir.join(relative_path(&path)?);
+            if let Some(parent) = target.parent() {
+                fsutil::ensure_dir(parent).map_err(|e| format!("{}: {}", parent.display(), e))?;
+            }
+            fsutil::write_volatile(&target, &data, mode & 0o777)
+                .map_err(|e| format!("writing {}: {}", target.display(), e))?;
+        }
+        Ok(dir)
+    }
+
+    fn api(&self, what: &str) -> Result<&ApiClient, String> {
+        self.ctx
+            .cluster
+            .get()
+            .map(|l| l.client.as_ref())
+            .ok_or_else(|| format!("{} needs the API server; tinylet runs standalone", what))
+    }
+
+    /// A token for the pod's service account, bound to the pod; and when to refresh it.
+    fn service_account_token(&self, src: &Value) -> Result<(String, f64), String> {
+        let api = self.api("a serviceAccountToken volume")?;
+        let sa = self
+            .pod
+            .spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let expiration = src["expirationSeconds"].as_i64().unwrap_or(3600);
+        let mut spec = json!({
+            "expirationSeconds": expiration,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod.name, "uid": self.pod.uid},
+        });
+        if let Some(aud) = src["audience"].as_str().filter(|a| !a.is_empty()) {
+            spec["audiences"] = json!([aud]);
+        }
+        let req =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let path = format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+            escape(&self.pod.namespace),
+            escape(&sa)
+        );
+        let resp = api
+            .post(&path, &req)
+            .map_err(|e| format!("requesting a token for service account {:?}: {}", sa, e))?;
+        let token = resp["status"]["token"]
+            .as_str()
+            .ok_or("the TokenRequest answer has no status.token")?
+            .to_string();
+        let issued = now();
+        let expires = resp["status"]["expirationTimestamp"]
+            .as_str()
+            .and_then(clock::parse_rfc3339)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(issued + expiration as f64);
+        Ok((token, issued + (expires - issued) * TOKEN_REFRESH_FRACTION))
+    }
+
+    /// Files of a configMap or secret (`kind` is the API resource), all keys or the listed items.
+    fn object_files(
+        &self,
+        kind: &str,
+        src: &Value,
+        mode: u32,
+    ) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+        let name_field = if kind == "secrets" {
+            "secretName"
+        } else {
+            "name"
+        };
+        let name = src[name_field].as_str().unwrap_or_default();
+        let optional = src["optional"].as_bool().unwrap_or(false);
+        let api = self.api(&format!("{} {:?}", kind, name))?;
+        let path = format!(
+            "/api/v1/namespaces/{}/{}/{}",
+            escape(&self.pod.namespace),
+            kind,
+            escape(name)
+        );
+        let obj = match api.get(&path) {
+            Ok(o) => o,
+            Err(e) if e.is_not_found() && optional => return Ok(Vec::new()),
+            Err(e) => return Err(format!("{} {:?}: {}", kind.trim_end_matches('s'), name, e)),
+        };
+        // Secrets' data and configMaps' binaryData are base64; configMaps' data is text.
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        let decode = |k: &String, v: &Value| -> Result<(String, Vec<u8>), String> {
+            let s = v.as_str().unwrap_or_default();
+            base64_decode(s)
+                .map(|b| (k.clone(), b))
+                .ok_or_else(|| format!("{} {:?}: key {:?} is not valid base64", kind, name, k))
+        };
+        if kind == "secrets" {
+            for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                entries.push(decode(k, v)?);
+            }
+        } else {
+            for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                entries.push((
+                    k.clone(),
+                    v.as_str().unwrap_or_default().as_bytes().to_vec(),
+                ));
+            }
+            for (k, v) in obj["binaryData"].as_object().into_iter().flatten() {
+                entries.push(decode(k, v)?);
+            }
+        }
+        let Some(items) = src["items"].as_array() else {
+            return Ok(entries.into_iter().map(|(k, v)| (k, v, mode)).collect());
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let key = item["key"].as_str().unwrap_or_default();
+            let path = item["path"].as_str().unwrap_or(key);
+            let item_mode = item["mode"].as_u64().map(|m| m as u32).unwrap_or(mode);
+            match entries.iter().find(|(k, _)| k == key) {
+                Some((_, data)) => out.push((path.to_string(), data.clone(), item_mode)),
+                None if optional => {}
+                None => {
+                    return Err(format!(
+                        "{} {:?} has no key {:?}",
+                        kind.trim_end_matches('s'),
+                        name,
+                        key
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn downward_files(
+        &self,
+        src: &Value,
+        mode: u32,
+    ) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+        let mut out = Vec::new();
+        for item in src["items"].as_array().into_iter().flatten() {
+            let path = item["path"]
+                .as_str()
+                .ok_or("downwardAPI item without a path")?;
+            let field = item["fieldRef"]["fieldPath"].as_str().ok_or_else(|| {
+                format!("downwardAPI item {:?}: only fieldRef is supported", path)
+            })?;
+            let value = match field {
+                "metadata.labels" => map_lines(&self.pod.meta.labels),
+                "metadata.annotations" => map_lines(&self.pod.meta.annotations),
+                _ => self.field(field).ok_or_else(|| {
+                    format!(
+                        "downwardAPI item {:?}: field {:?} is not supported",
+                        path, field
+                    )
+                })?,
+            };
+            let item_mode = item["mode"].as_u64().map(|m| m as u32).unwrap_or(mode);
+            out.push((path.to_string(), value.into_bytes(), item_mode));
+        }
+        Ok(out)
+    }
+}
+
+/// `key="value"` lines, as the downward API writes label and annotation maps.
+fn map_lines(m: &std::collections::BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{}={}\n", k, serde_json::Value::String(v.clone())))
+        .collect()
+}
+
+/// A relative path that stays inside its directory (no `..`, not absolute, not empty).
+fn relative_path(p: &str) -> Result<&Path, String> {
+    let path = Path::new(p);
+    let ok = !p.is_empty()
+        && path.is_relative()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if ok {
+        Ok(path)
+    } else {
+        Err(format!("{:?} must be a relative path without '..'", p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside() {
+        assert!(relative_path("token").is_ok());
+        assert!(relative_path("a/b").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x"] {
+            assert!(relative_path(bad).is_err(), "{}", bad);
+        }
+    }
+
+    #[test]
+    fn label_files() {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("app".to_string(), "web".to_string());
+        m.insert("q".to_string(), "a\"b".to_string());
+        assert_eq!(map_lines(&m), "app=\"web\"\nq=\"a\\\"b\"\n");
+    }
+}
