@@ -12,7 +12,12 @@ use support::*;
 /// A node joined to `api` with a client certificate; lease every second, status checked every
 /// second (so tests see changes quickly).
 fn join(api: &ApiServer) -> Node {
+    join_with(api, &[])
+}
+
+fn join_with(api: &ApiServer, extra: &[String]) -> Node {
     let mut node = Node::create();
+    node.extra_run_args.extend(extra.iter().cloned());
     let kubeconfig = node.dir.join("kubeconfig");
     api.write_kubeconfig(
         &kubeconfig,
@@ -351,14 +356,17 @@ fn the_pod_watch_survives_an_api_restart_and_expired_versions() {
     eventually(&node, &api, "pod two Running after the API restart", || {
         (api.pod("default", "two")?["status"]["phase"] == "Running").then_some(())
     });
-    // History compacted and the watch cut: the next watch from the old version gets 410.
-    api.compact();
+    // The watch cut, a pod created while tinylet is away, and the history compacted past the
+    // version tinylet has: its next watch gets 410 Expired and it must list again to see the pod.
+    // (The first re-watch attempt is refused, so all this happens while it is away.)
+    api.fail_next(503, 1, "/api/v1/pods");
     api.close_watches();
     api.create_pod(&api_pod(
         "three",
         &node,
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ));
+    api.compact();
     eventually(&node, &api, "pod three Running after compaction", || {
         (api.pod("default", "three")?["status"]["phase"] == "Running").then_some(())
     });
@@ -471,4 +479,102 @@ fn tls_bootstrap_then_certificate_rotation_without_touching_pods() {
     assert_eq!(api_cstatus(&pod)["containerID"], container);
     assert_eq!(api_cstatus(&pod)["restartCount"], 0);
     api.assert_no_violations();
+}
+
+#[test]
+fn image_pull_secrets_authenticate_the_pull() {
+    let reg = support::registry::Registry::start_tls_basic();
+    let image = reg.reference("team/app", "v1");
+    reg.push_busybox("team/app", "v1");
+    let api = ApiServer::start();
+    let config = std::fs::read(reg.docker_config()).unwrap();
+    api.post(
+        "/api/v1/namespaces/default/secrets",
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "regcred"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": support::registry::base64(&config)},
+        }),
+    )
+    .expect("creating the pull secret");
+    // The node trusts the registry's CA but has no credentials of its own.
+    let node = join_with(
+        &api,
+        &["--ca-file".into(), reg.ca_file().display().to_string()],
+    );
+    let mut without = api_pod("nosecret", &node, "sleep 3600");
+    without["spec"]["containers"][0]["image"] = json!(image);
+    api.create_pod(&without);
+    let mut with = api_pod("withsecret", &node, "trap 'exit 0' TERM; sleep 3600 & wait");
+    with["spec"]["containers"][0]["image"] = json!(image);
+    with["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    api.create_pod(&with);
+    eventually(&node, &api, "the pod with the secret Running", || {
+        (api.pod("default", "withsecret")?["status"]["phase"] == "Running").then_some(())
+    });
+    // The image was not on the node (its layers were: the busybox image the node imported shares
+    // them, so only the manifest and config came from the registry).
+    let running = api.pod("default", "withsecret").unwrap();
+    assert_eq!(api_cstatus(&running)["image"], image.as_str());
+    eventually(&node, &api, "the pod without it failing to pull", || {
+        let p = api.pod("default", "nosecret")?;
+        let reason = api_cstatus(&p)["state"]["waiting"]["reason"]
+            .as_str()?
+            .to_string();
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some(())
+    });
+    api.assert_no_violations();
+}
+
+#[test]
+fn tls_server_name_is_what_the_certificate_is_checked_against() {
+    let api = ApiServer::start();
+    // The serving certificate names 127.0.0.1, localhost and kubernetes, not "wrong.example".
+    let nodes: Vec<Node> = ["kubernetes", "wrong.example"]
+        .iter()
+        .map(|server_name| {
+            let mut node = Node::create();
+            let kubeconfig = node.dir.join("kubeconfig");
+            api.write_kubeconfig(
+                &kubeconfig,
+                &KubeconfigUser::NodeCert(node.node_name.clone()),
+                true,
+            );
+            let text = std::fs::read_to_string(&kubeconfig).unwrap();
+            let text = text.replacen(
+                "\n    server:",
+                &format!("\n    tls-server-name: {}\n    server:", server_name),
+                1,
+            );
+            std::fs::write(&kubeconfig, text).unwrap();
+            node.extra_run_args
+                .extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
+            node.start_daemon();
+            node
+        })
+        .collect();
+    eventually(
+        &nodes[0],
+        &api,
+        "the node with tls-server-name kubernetes registered",
+        || {
+            api.get(&format!("/api/v1/nodes/{}", nodes[0].node_name))
+                .ok()
+        },
+    );
+    eventually(
+        &nodes[1],
+        &api,
+        "a certificate error for wrong.example",
+        || {
+            let log = nodes[1].daemon_log();
+            (log.contains("registering node") && log.to_lowercase().contains("certificate"))
+                .then_some(())
+        },
+    );
+    assert!(api
+        .get(&format!("/api/v1/nodes/{}", nodes[1].node_name))
+        .is_err());
 }

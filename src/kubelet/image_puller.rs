@@ -3,7 +3,7 @@
 //! each time a container starts. Pulls are bounded (`--serialize-image-pulls`,
 //! `--max-parallel-image-pulls`) so a device's uplink and disk are not swamped at boot.
 
-use crate::image::{Image, ImageError, ImageStore, PullOptions, PullProgress};
+use crate::image::{Image, ImageError, ImageStore, PullOptions, PullProgress, RegistryAuth};
 use std::sync::{Condvar, Mutex};
 
 /// Why a container's image is not there, in the kubelet's waiting reasons.
@@ -51,13 +51,15 @@ impl ImagePuller {
     }
 
     /// The image for a container, pulling it if its policy says so. `who` names the pod and
-    /// container in log lines; `note` hears the kubelet's events (Pulling, Pulled).
+    /// container in log lines; `note` hears the kubelet's events (Pulling, Pulled); `secrets`
+    /// gives the pod's imagePullSecrets credentials, asked for only when a pull happens.
     pub fn ensure(
         &self,
         image: &str,
         policy: &str,
         who: &str,
         note: &dyn Fn(&'static str, String),
+        secrets: &dyn Fn() -> Vec<RegistryAuth>,
     ) -> Result<Image, ImageUnavailable> {
         let local = match self.store.resolve(image) {
             Ok(local) => local,
@@ -89,7 +91,7 @@ impl ImagePuller {
             _ => {
                 note("Pulling", format!("Pulling image {:?}", image));
                 let started = std::time::Instant::now();
-                let img = self.pull(image, who)?;
+                let img = self.pull(image, who, secrets())?;
                 note(
                     "Pulled",
                     format!(
@@ -111,7 +113,12 @@ impl ImagePuller {
         }
     }
 
-    fn pull(&self, image: &str, who: &str) -> Result<Image, ImageUnavailable> {
+    fn pull(
+        &self,
+        image: &str,
+        who: &str,
+        secrets: Vec<RegistryAuth>,
+    ) -> Result<Image, ImageUnavailable> {
         let _slot = self.slots.acquire();
         log::info!("{}: pulling image {:?}", who, image);
         let started = std::time::Instant::now();
@@ -129,7 +136,17 @@ impl ImagePuller {
                 );
             }
         };
-        match self.store.pull(image, &self.options, &mut progress) {
+        let with_secrets;
+        let options = if secrets.is_empty() {
+            &self.options
+        } else {
+            // The pod's credentials first, then the node's.
+            let mut o = self.options.clone();
+            o.auths.splice(0..0, secrets);
+            with_secrets = o;
+            &with_secrets
+        };
+        match self.store.pull(image, options, &mut progress) {
             Ok(img) => {
                 log::info!(
                     "{}: pulled image {:?} ({}) in {:.1?}",
@@ -218,17 +235,23 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tinylet-puller-{}", std::process::id()));
         let puller = ImagePuller::new(ImageStore::open(&root).unwrap(), PullOptions::default(), 1);
         let e = puller
-            .ensure("127.0.0.1:1/none:1", "Never", "test", &|_, _| {})
+            .ensure("127.0.0.1:1/none:1", "Never", "test", &|_, _| {}, &Vec::new)
             .unwrap_err();
         assert_eq!(e.reason(), "ErrImageNeverPull");
         assert!(e.message().contains("pull policy of Never"), "{:?}", e);
         let e = puller
-            .ensure("Bad Name", "IfNotPresent", "test", &|_, _| {})
+            .ensure("Bad Name", "IfNotPresent", "test", &|_, _| {}, &Vec::new)
             .unwrap_err();
         assert_eq!(e.reason(), "InvalidImageName");
         // Nothing listens on 127.0.0.1:1: the pull fails at once, as ErrImagePull.
         let e = puller
-            .ensure("127.0.0.1:1/none:1", "IfNotPresent", "test", &|_, _| {})
+            .ensure(
+                "127.0.0.1:1/none:1",
+                "IfNotPresent",
+                "test",
+                &|_, _| {},
+                &Vec::new,
+            )
             .unwrap_err();
         assert_eq!(e.reason(), "ErrImagePull");
         assert!(e.message().contains("127.0.0.1:1"), "{:?}", e);

@@ -432,7 +432,12 @@ impl PodWorker {
         let note = |reason: &'static str, message: String| {
             self.event(Some(&c.name), "Normal", reason, message)
         };
-        let image = match self.ctx.images.ensure(&c.image, &pull_policy, &who, &note) {
+        let secrets = || self.pull_secrets();
+        let image = match self
+            .ctx
+            .images
+            .ensure(&c.image, &pull_policy, &who, &note, &secrets)
+        {
             Ok(img) => img,
             Err(e) => {
                 if matches!(e, super::image_puller::ImageUnavailable::PullFailed(_)) {

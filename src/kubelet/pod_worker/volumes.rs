@@ -286,6 +286,64 @@ impl PodWorker {
         Ok(out)
     }
 
+    /// Registry credentials from the pod's `imagePullSecrets` (`kubernetes.io/dockerconfigjson`
+    /// or `kubernetes.io/dockercfg` secrets). A secret that cannot be read is logged and skipped,
+    /// as the kubelet does: the pull then shows the registry's answer.
+    pub(super) fn pull_secrets(&self) -> Vec<crate::image::RegistryAuth> {
+        let names: Vec<String> = self.pod.object["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str().map(str::to_string))
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let Ok(api) = self.api("imagePullSecrets") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let path = format!(
+                "/api/v1/namespaces/{}/secrets/{}",
+                escape(&self.pod.namespace),
+                escape(&name)
+            );
+            let secret = match api.get(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!(
+                        "pod {}: imagePullSecret {:?}: {}",
+                        self.pod.full_name(),
+                        name,
+                        e
+                    );
+                    continue;
+                }
+            };
+            let data = &secret["data"];
+            let encoded = data[".dockerconfigjson"]
+                .as_str()
+                .or(data[".dockercfg"].as_str());
+            let parsed = encoded
+                .and_then(base64_decode)
+                .ok_or_else(|| "no base64 .dockerconfigjson or .dockercfg key".to_string())
+                .and_then(|b| {
+                    crate::image::RegistryAuth::from_docker_config(&b).map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(auths) => out.extend(auths),
+                Err(e) => log::warn!(
+                    "pod {}: imagePullSecret {:?}: {}",
+                    self.pod.full_name(),
+                    name,
+                    e
+                ),
+            }
+        }
+        out
+    }
+
     fn downward_files(
         &self,
         src: &Value,

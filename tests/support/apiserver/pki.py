@@ -45,7 +45,7 @@ class Pki:
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
         if not os.path.exists(p("server.crt")):
             self.issue("server", "/CN=kube-apiserver",
-                       "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth")
+                       "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth")
         if not os.path.exists(p("admin.crt")):
             self.issue("admin", "/O=system:masters/CN=admin", "extendedKeyUsage=clientAuth")
         if not os.path.exists(p("sa.key")):
