@@ -423,8 +423,18 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Standard base64 (the PEM body, whitespace already removed).
+/// Strict standard base64 (the PEM body, whitespace already removed): whole 4-character groups
+/// only, as RFC 7468 requires; anything else is a damaged PEM, not something to guess at.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let pad = text.bytes().rev().take_while(|&b| b == b'=').count();
+    let body = &text[..text.len() - pad];
+    if text.len() % 4 != 0
+        || pad > 2
+        || (pad > 0 && body.is_empty())
+        || body.bytes().any(|b| b == b'=' || b.is_ascii_whitespace())
+    {
+        return None;
+    }
     crate::base64::base64_decode(text)
 }
 
