@@ -578,3 +578,28 @@ fn tls_server_name_is_what_the_certificate_is_checked_against() {
         .get(&format!("/api/v1/nodes/{}", nodes[1].node_name))
         .is_err());
 }
+
+#[test]
+fn a_lease_changed_by_someone_else_is_read_again_and_renewed() {
+    let api = ApiServer::start();
+    let node = join(&api);
+    let path = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
+        node.node_name
+    );
+    let mut lease = eventually(&node, &api, "the node lease", || api.get(&path).ok());
+    // Someone else writes the lease: tinylet's next PUT (with the old resourceVersion) gets a 409.
+    lease["spec"]["holderIdentity"] = json!("intruder");
+    api.put(&path, &lease).expect("overwriting the lease");
+    eventually(&node, &api, "the lease held by the node again", || {
+        let l = api.get(&path).ok()?;
+        (l["spec"]["holderIdentity"] == node.node_name.as_str()).then_some(())
+    });
+    let conflicts = api
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["status"] == 409)
+        .count();
+    assert!(conflicts >= 1, "no 409 was seen: {:?}", api.requests());
+    api.assert_no_violations();
+}

@@ -29,8 +29,12 @@ pub enum Msg {
         is_static: bool,
         status: Box<PodStatus>,
     },
-    /// Every pod bound to this node as the API server shows them (mirror pods included).
-    ApiPods(Vec<Value>),
+    /// Every pod bound to this node as a LIST showed them (mirror pods included).
+    ApiList(Vec<Value>),
+    /// A pod added or changed at the API server.
+    ApiPod(Value),
+    /// A pod gone from the API server (by uid).
+    ApiPodGone(String),
     /// A pod tinylet cannot run (its spec does not parse): it is marked Failed with the reason.
     Rejected { pod: Value, message: String },
     /// The static pods (from the manifest directory), for their mirror pods.
@@ -158,23 +162,30 @@ impl ApiSync {
                     },
                 );
             }
-            Msg::ApiPods(pods) => {
-                let mut fresh = HashMap::new();
+            Msg::ApiList(pods) => {
+                let mut old = std::mem::take(&mut self.api_pods);
                 for p in pods {
                     let Some(uid) = p["metadata"]["uid"].as_str().map(str::to_string) else {
                         continue;
                     };
-                    // Our own PATCH response may be newer than the watch's copy.
-                    let keep_ours = self.api_pods.get(&uid).is_some_and(|ours| newer(ours, &p));
-                    let v = if keep_ours {
-                        self.api_pods.remove(&uid).unwrap_or(p)
-                    } else {
-                        p
+                    // Our own PATCH response may be newer than the list's copy.
+                    let v = match old.remove(&uid) {
+                        Some(ours) if newer(&ours, &p) => ours,
+                        _ => p,
                     };
-                    fresh.insert(uid, v);
+                    self.api_pods.insert(uid, v);
                 }
-                self.api_pods = fresh;
                 self.listed = true;
+            }
+            Msg::ApiPod(p) => {
+                if let Some(uid) = p["metadata"]["uid"].as_str().map(str::to_string) {
+                    if !self.api_pods.get(&uid).is_some_and(|ours| newer(ours, &p)) {
+                        self.api_pods.insert(uid, p);
+                    }
+                }
+            }
+            Msg::ApiPodGone(uid) => {
+                self.api_pods.remove(&uid);
             }
             Msg::Rejected { pod, message } => self.reject(&pod, &message),
             Msg::StaticPods(pods) => self.static_pods = Some(pods),

@@ -34,6 +34,7 @@ pub fn start(
             supervisor,
             api_sync,
             pods: BTreeMap::new(),
+            rejected: BTreeMap::new(),
         }
         .run()
     })
@@ -45,8 +46,11 @@ struct PodSource {
     selector: String,
     supervisor: Sender<Event>,
     api_sync: Sender<api_sync::Msg>,
-    /// uid -> the pod as the API server last showed it.
-    pods: BTreeMap<String, Value>,
+    /// uid -> the pods to run, as the API server last showed them (mirror pods are the API
+    /// sync's business and are not kept here).
+    pods: BTreeMap<String, DesiredPod>,
+    /// uid -> resourceVersion of pods that cannot run, already reported.
+    rejected: BTreeMap<String, String>,
 }
 
 enum WatchEnd {
@@ -92,21 +96,27 @@ impl PodSource {
     }
 
     fn list(&mut self) -> Result<String, ApiError> {
-        let list = self
+        let mut list = self
             .client
             .get(&format!("/api/v1/pods?fieldSelector={}", self.selector))?;
         let rv = resource_version(&list).unwrap_or_default().to_string();
-        self.pods.clear();
-        for pod in list["items"].as_array().cloned().unwrap_or_default() {
-            if let Some(uid) = pod["metadata"]["uid"].as_str() {
-                self.pods.insert(uid.to_string(), pod);
-            }
-        }
+        let items = match list["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         log::info!(
             "API server: {} pod(s) bound to this node (resourceVersion {})",
-            self.pods.len(),
+            items.len(),
             rv
         );
+        self.pods.clear();
+        let mut all = Vec::with_capacity(items.len());
+        for mut pod in items {
+            slim(&mut pod);
+            self.take(&pod);
+            all.push(pod);
+        }
+        let _ = self.api_sync.send(api_sync::Msg::ApiList(all));
         Ok(rv)
     }
 
@@ -131,12 +141,17 @@ impl PodSource {
                 *rv = v.to_string();
             }
             let uid = ev.object["metadata"]["uid"].as_str().map(str::to_string);
+            let mut object = ev.object;
             match (ev.kind.as_str(), uid) {
-                ("ADDED" | "MODIFIED", Some(uid)) => {
-                    self.pods.insert(uid, ev.object);
+                ("ADDED" | "MODIFIED", Some(_)) => {
+                    slim(&mut object);
+                    self.take(&object);
+                    let _ = self.api_sync.send(api_sync::Msg::ApiPod(object));
                 }
                 ("DELETED", Some(uid)) => {
                     self.pods.remove(&uid);
+                    self.rejected.remove(&uid);
+                    let _ = self.api_sync.send(api_sync::Msg::ApiPodGone(uid));
                 }
                 ("BOOKMARK", _) => continue,
                 (kind, _) => {
@@ -150,40 +165,60 @@ impl PodSource {
         }
     }
 
-    /// Sends the current set to the supervisor (pods to run) and the API sync (everything,
-    /// mirror pods included). False when the agent is shutting down.
-    fn publish(&self) -> bool {
-        let mut set = DesiredSet::default();
-        for pod in self.pods.values() {
-            if is_mirror(pod) {
-                continue;
+    /// Keeps (or rejects) one pod as the API server shows it.
+    fn take(&mut self, pod: &Value) {
+        let Some(uid) = pod["metadata"]["uid"].as_str().map(str::to_string) else {
+            return;
+        };
+        if is_mirror(pod) {
+            return;
+        }
+        let mut object = pod.clone();
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+        }
+        match DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)) {
+            Ok(p) => {
+                self.pods.insert(uid, p);
             }
-            let mut object = pod.clone();
-            if let Some(o) = object.as_object_mut() {
-                o.remove("status");
-            }
-            match DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)) {
-                Ok(p) => set.pods.push(p),
-                Err(e) => {
-                    let name = format!(
-                        "{}/{}",
-                        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-                        pod["metadata"]["name"].as_str().unwrap_or_default()
-                    );
-                    log::error!("pod {}: cannot run it: {}", name, e);
-                    let _ = self.api_sync.send(api_sync::Msg::Rejected {
-                        pod: pod.clone(),
-                        message: e,
-                    });
+            Err(e) => {
+                self.pods.remove(&uid);
+                let rv = resource_version(pod).unwrap_or_default().to_string();
+                if self.rejected.get(&uid) == Some(&rv) {
+                    return;
                 }
+                let name = format!(
+                    "{}/{}",
+                    pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                log::error!("pod {}: cannot run it: {}", name, e);
+                self.rejected.insert(uid, rv);
+                let _ = self.api_sync.send(api_sync::Msg::Rejected {
+                    pod: pod.clone(),
+                    message: e,
+                });
             }
         }
-        let _ = self.api_sync.send(api_sync::Msg::ApiPods(
-            self.pods.values().cloned().collect(),
-        ));
+    }
+
+    /// Sends the pods to run to the supervisor. False when the agent is shutting down.
+    fn publish(&self) -> bool {
+        let set = DesiredSet {
+            pods: self.pods.values().cloned().collect(),
+            errors: Vec::new(),
+        };
         self.supervisor
             .send(Event::Desired(Source::Api, set))
             .is_ok()
+    }
+}
+
+/// Drops what tinylet never reads and a real API server sends with every object (managedFields
+/// alone is often larger than the rest of a pod).
+fn slim(pod: &mut Value) {
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("managedFields");
     }
 }
 
