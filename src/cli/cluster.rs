@@ -54,6 +54,10 @@ pub fn mode(a: &Args, config: &Config, runc_version: &str) -> Result<Option<Clus
         status_report: duration(a, "node-status-report-frequency", Duration::from_secs(300))?,
         lease_duration_secs: number(a, "node-lease-duration-seconds", 40)?,
         runc_version: runc_version.to_string(),
+        offline_max_age: match a.get("offline-max-age") {
+            None | Some("0") | Some("0s") => None,
+            Some(v) => Some(parse_duration(v).map_err(|e| format!("--offline-max-age: {}", e))?),
+        },
     };
     if settings.lease_duration_secs == 0 {
         return Err("--node-lease-duration-seconds must be positive".into());

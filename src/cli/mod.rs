@@ -25,6 +25,7 @@ usage:
               [--kubeconfig FILE] [--bootstrap-kubeconfig FILE] [--node-labels K=V,...]
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
+              [--offline-max-age DURATION]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -67,6 +68,7 @@ const RUN_FLAGS: &[&str] = &[
     "node-status-update-frequency",
     "node-status-report-frequency",
     "node-lease-duration-seconds",
+    "offline-max-age",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {

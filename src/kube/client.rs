@@ -12,6 +12,7 @@
 use super::kubeconfig::Connection;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use ureq::http::Uri;
@@ -105,6 +106,9 @@ pub struct ApiClient {
     base: String,
     agent: RwLock<Agent>,
     token: RwLock<Option<(String, Instant)>>,
+    /// Unix time of the last answer from the server (any HTTP status): how long the node has
+    /// been cut off, for `--offline-max-age`.
+    last_contact: AtomicU64,
 }
 
 impl ApiClient {
@@ -128,11 +132,22 @@ impl ApiClient {
             base,
             agent: RwLock::new(agent),
             token: RwLock::new(None),
+            last_contact: AtomicU64::new(0),
         })
     }
 
     pub fn server(&self) -> &str {
         &self.conn.server
+    }
+
+    /// Unix time of the last answer from the API server (0: none yet).
+    pub fn last_contact(&self) -> u64 {
+        self.last_contact.load(Ordering::Relaxed)
+    }
+
+    /// Carries the last contact over from an earlier run (it is persisted by the caller).
+    pub fn set_last_contact(&self, unix: u64) {
+        self.last_contact.fetch_max(unix, Ordering::Relaxed);
     }
 
     /// Uses a new client certificate from now on (rotation); checks the pair first.
@@ -286,7 +301,11 @@ impl ApiClient {
                 req.send(&data[..])
             }
         };
-        result.map_err(|e| ApiError::Transport(format!("{} {}: {}", method, self.conn.server, e)))
+        let resp = result
+            .map_err(|e| ApiError::Transport(format!("{} {}: {}", method, self.conn.server, e)))?;
+        self.last_contact
+            .store(crate::clock::now_unix().as_secs(), Ordering::Relaxed);
+        Ok(resp)
     }
 }
 

@@ -113,6 +113,7 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
     // Pods waiting for an earlier pod of the same namespace/name to finish terminating.
     let mut queued: BTreeMap<String, DesiredPod> = BTreeMap::new();
 
+    store::set_aside_corrupt_records(&config.root_dir);
     let mut sets: BTreeMap<Source, DesiredSet> = BTreeMap::new();
     sets.insert(Source::File, first);
     // Pods on disk that no source wants any more (removed while the agent was down): terminate them.
@@ -167,6 +168,12 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
         }
     }
     if let Some(link) = ctx.cluster.get() {
+        if !api_pods.pods.is_empty() {
+            log::info!(
+                "{} pod(s) of this node restored from the local cache; the API server's list will confirm them",
+                api_pods.pods.len()
+            );
+        }
         sets.insert(Source::Api, api_pods);
         let _ = link.api_sync.send(cluster::api_sync::Msg::StaticPods(
             sets[&Source::File].pods.clone(),
@@ -320,18 +327,7 @@ fn spawn_worker(
 /// Bundles no container record points at (an agent killed between creating a bundle and saving
 /// its record) are removed at start-up.
 fn collect_orphan_bundles(ctx: &Context, config: &Config) {
-    let mut referenced = std::collections::HashSet::new();
-    for p in store::list_pods(&config.root_dir) {
-        if let Ok(entries) = std::fs::read_dir(p.dir.join("containers")) {
-            for e in entries.flatten() {
-                if let Ok(Some(rec)) = fsutil::read_json::<store::ContainerRecord>(&e.path()) {
-                    if let Some(a) = rec.current {
-                        referenced.insert(a.id);
-                    }
-                }
-            }
-        }
-    }
+    let referenced = store::referenced_containers(&config.root_dir);
     for id in ctx.runtime.list_bundles() {
         if referenced.contains(&id) {
             continue;

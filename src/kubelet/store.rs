@@ -104,6 +104,70 @@ pub fn load_container(dir: &Path, name: &str) -> Option<ContainerRecord> {
     }
 }
 
+/// Renames every pod.json that cannot be parsed (a torn write, a bad disk block, a hand edit) to
+/// `pod.json.corrupt-<unix time>`, logging what was wrong. The pod's container records stay, so
+/// its running containers are adopted as soon as a source (the API server, the manifest) names
+/// the pod again; nothing is killed because of a corrupt record. Returns how many were set aside.
+pub fn set_aside_corrupt_records(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(pods_dir(root)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let file = e.path().join("pod.json");
+        let Err(err) = load_pod(&e.path()) else {
+            continue;
+        };
+        if err.kind() != std::io::ErrorKind::InvalidData {
+            continue;
+        }
+        let aside = e.path().join(format!(
+            "pod.json.corrupt-{}",
+            crate::clock::now_unix().as_secs()
+        ));
+        match std::fs::rename(&file, &aside) {
+            Ok(()) => {
+                n += 1;
+                log::error!(
+                    "corrupt pod record {} ({}); set aside as {}; the pod's containers keep running and are adopted when its source names it again",
+                    file.display(),
+                    err,
+                    aside.display()
+                );
+            }
+            Err(re) => log::error!(
+                "corrupt pod record {} ({}); setting it aside failed: {}",
+                file.display(),
+                err,
+                re
+            ),
+        }
+    }
+    n
+}
+
+/// Ids of the containers the records under every pod directory point at, whether or not the
+/// pod's own record is readable.
+pub fn referenced_containers(root: &Path) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let Ok(pods) = std::fs::read_dir(pods_dir(root)) else {
+        return ids;
+    };
+    for p in pods.flatten() {
+        let Ok(entries) = std::fs::read_dir(p.path().join("containers")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Ok(Some(rec)) = fsutil::read_json::<ContainerRecord>(&e.path()) {
+                if let Some(a) = rec.current {
+                    ids.insert(a.id);
+                }
+            }
+        }
+    }
+    ids
+}
+
 /// A pod as found on disk: for `ps`, `logs` and adoption at start-up.
 pub struct StoredPod {
     pub uid: String,

@@ -9,6 +9,7 @@
 pub mod apiserver;
 pub mod oci;
 pub mod registry;
+pub mod relay;
 
 use serde_json::{json, Value};
 use std::fs;
@@ -219,6 +220,15 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A power cycle: the daemon, every container and monitor, runc's state (tmpfs), every mount
+    /// and namespace and the cgroups are gone; the root dir's files stay. The daemon is not
+    /// started again.
+    pub fn simulate_reboot(&mut self) {
+        self.kill9_daemon();
+        teardown_runtime(&self.dir, &self.runtime_root, &self.cgroup_root);
+        let _ = fs::remove_dir_all(&self.runtime_root);
     }
 
     pub fn restart_daemon(&mut self) {
@@ -825,6 +835,16 @@ fn kill(pid: i32) {
 /// Removes everything a node may have left: its monitors and runc calls, runc's containers,
 /// mounts under its directory, its cgroup tree in every hierarchy, and the directory itself.
 fn cleanup(dir: &Path, runtime_root: &Path, cgroup_root: &str) {
+    teardown_runtime(dir, runtime_root, cgroup_root);
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("test cleanup: removing {}: {}", dir.display(), e);
+        }
+    }
+}
+
+/// What a reboot takes away: processes, runc state, mounts, namespaces, cgroups (files stay).
+fn teardown_runtime(dir: &Path, runtime_root: &Path, cgroup_root: &str) {
     for (pid, _) in processes_mentioning(dir) {
         kill(pid);
     }
@@ -871,11 +891,6 @@ fn cleanup(dir: &Path, runtime_root: &Path, cgroup_root: &str) {
         }
         for m in mounts {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("test cleanup: removing {}: {}", dir.display(), e);
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod lease;
 pub mod node_facts;
 pub mod node_status;
+pub mod offline;
 pub mod pod_source;
 
 use crate::kube::client::ApiClient;
@@ -52,6 +53,9 @@ pub struct Settings {
     pub lease_duration_secs: u32,
     /// `runc --version`'s version, for containerRuntimeVersion.
     pub runc_version: String,
+    /// `--offline-max-age`: how long pods run from the local cache without contact with the API
+    /// server before they are stopped (None: for ever).
+    pub offline_max_age: Option<Duration>,
 }
 
 /// What pod workers use to reach the cluster side: status updates and events.
@@ -97,6 +101,8 @@ pub fn start(
     supervisor: Sender<super::Event>,
 ) -> Result<Arc<Link>, String> {
     let node_uid = Arc::new(NodeUid::default());
+    client.set_last_contact(offline::load_last_contact(&settings.root_dir));
+    offline::start_persisting(client.clone(), settings.root_dir.clone())?;
     let events = events::start(client.clone(), settings.node_name.clone())?;
     let api_sync = api_sync::start(client.clone(), settings.clone(), node_uid.clone())?;
     node_status::start(

@@ -30,6 +30,8 @@ pub fn start(
     super::spawn("pod-source", move || {
         PodSource {
             client,
+            max_age: settings.offline_max_age,
+            offline_stopped: false,
             selector: escape(&format!("spec.nodeName={}", settings.node_name)),
             supervisor,
             api_sync,
@@ -42,6 +44,10 @@ pub fn start(
 
 struct PodSource {
     client: Arc<ApiClient>,
+    /// `--offline-max-age`.
+    max_age: Option<Duration>,
+    /// The cached pods were stopped for having been cut off too long.
+    offline_stopped: bool,
     /// The escaped `fieldSelector` value.
     selector: String,
     supervisor: Sender<Event>,
@@ -63,16 +69,30 @@ enum WatchEnd {
 impl PodSource {
     fn run(mut self) {
         let mut delay = RetryDelay::default();
+        let mut listed_once = false;
         loop {
             let rv = match self.list() {
                 Ok(rv) => rv,
                 Err(e) => {
                     let d = delay.failed();
+                    if !listed_once {
+                        listed_once = true; // say it once, not at every retry
+                        log::warn!(
+                            "API server unreachable ({}): the pods of this node run from the local cache until it answers",
+                            e
+                        );
+                    }
                     log::warn!("listing this node's pods: {}; retrying in {:?}", e, d);
+                    if !self.offline_too_long() {
+                        return;
+                    }
                     std::thread::sleep(d);
                     continue;
                 }
             };
+            listed_once = true;
+            self.offline_stopped = false;
+            delay.reset();
             if !self.publish() {
                 return;
             }
@@ -86,13 +106,35 @@ impl PodSource {
                         break;
                     }
                     Err(e) => {
+                        // Cut off (or the server failed): list afresh once it answers, so
+                        // whatever changed meanwhile is reconciled in one go.
                         let d = delay.failed();
-                        log::warn!("watching this node's pods: {}; retrying in {:?}", e, d);
+                        log::warn!("watching this node's pods: {}; listing again in {:?}", e, d);
                         std::thread::sleep(d);
+                        break;
                     }
                 }
             }
         }
+    }
+
+    /// Stops the cached pods if the node has been cut off for longer than `--offline-max-age`.
+    /// False when the agent is shutting down.
+    fn offline_too_long(&mut self) -> bool {
+        if self.offline_stopped {
+            return true;
+        }
+        let Some(away) = super::offline::too_long(&self.client, self.max_age) else {
+            return true;
+        };
+        log::warn!(
+            "no contact with the API server for {:?}, more than --offline-max-age {:?}: stopping this node's API pods until it answers",
+            away,
+            self.max_age.unwrap_or_default()
+        );
+        self.offline_stopped = true;
+        self.pods.clear();
+        self.publish()
     }
 
     fn list(&mut self) -> Result<String, ApiError> {

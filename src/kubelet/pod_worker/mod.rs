@@ -354,9 +354,12 @@ impl PodWorker {
         let mut back_off = false;
         let rec = &mut self.containers[i];
         rec.current = None;
+        // A container the node lost without an exit status (a reboot, its monitor killed) did
+        // not crash: it is started again at once, without crash-loop back-off.
+        let lost = exited.is_none();
         if restart {
             rec.last_terminated = Some(term);
-            match Backoff::restart_at(rec.backoff, &backoff_policy, finished) {
+            match Backoff::restart_at(rec.backoff, &backoff_policy, finished).filter(|_| !lost) {
                 Some(at) if at > now() => {
                     rec.not_before = Some(at);
                     let delay = rec

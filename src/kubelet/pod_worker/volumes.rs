@@ -43,10 +43,43 @@ impl PodWorker {
             return Ok(());
         }
         let mut made = PodVolumes::default();
+        if !self.pod.spec.volumes.is_empty() {
+            // Volumes hold secrets and tokens: the directory is root's alone (containers reach
+            // their volumes through bind mounts, not through this path).
+            let dir = self.volumes_dir();
+            fsutil::ensure_dir(&dir).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| format!("{}: {}", dir.display(), e))?;
+        }
         for vol in self.pod.spec.volumes.clone() {
-            let path = self.make_volume(&vol, &mut made.refresh_at).map_err(|e| {
-                format!("MountVolume.SetUp failed for volume {:?}: {}", vol.name, e)
-            })?;
+            let marker = self.volumes_dir().join(format!(".{}.complete", vol.name));
+            let path = match self.make_volume(&vol, &mut made.refresh_at) {
+                Ok(path) => {
+                    if !marker.exists() {
+                        let _ = fsutil::write_volatile(&marker, b"", 0o600);
+                    }
+                    path
+                }
+                // The API server is out of reach (an outage, a reboot without uplink): the copy
+                // made the last time is the pod's cache, and the pod runs from it.
+                Err(e) if marker.exists() => {
+                    log::warn!(
+                        "pod {}: volume {:?}: {}; using the copy made earlier",
+                        self.pod.full_name(),
+                        vol.name,
+                        e
+                    );
+                    let retry = now() + 10.0;
+                    made.refresh_at = Some(made.refresh_at.map_or(retry, |r| r.min(retry)));
+                    self.volumes_dir().join(relative_path(&vol.name)?)
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume {:?}: {}",
+                        vol.name, e
+                    ))
+                }
+            };
             made.paths.insert(vol.name.clone(), path);
         }
         self.volumes = Some(made);
