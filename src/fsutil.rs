@@ -57,10 +57,11 @@ pub fn write_json_volatile<T: serde::Serialize>(path: &Path, value: &T) -> io::R
     write_volatile(path, &data, 0o644)
 }
 
-/// Serializes `value` as JSON and writes it atomically and durably.
+/// Serializes `value` as JSON and writes it atomically and durably, readable by root only (pod
+/// records can hold credentials in env values).
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    write_atomic(path, &data, 0o644)
+    write_atomic(path, &data, 0o600)
 }
 
 /// Reads a JSON state file. `Ok(None)` when it does not exist; a corrupt file is an error naming it.
