@@ -10,6 +10,7 @@ mod image;
 mod kube;
 mod kubelet;
 mod runtime;
+mod server;
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();

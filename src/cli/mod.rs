@@ -25,7 +25,7 @@ usage:
               [--kubeconfig FILE] [--bootstrap-kubeconfig FILE] [--node-labels K=V,...]
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
-              [--offline-max-age DURATION]
+              [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -69,6 +69,8 @@ const RUN_FLAGS: &[&str] = &[
     "node-status-report-frequency",
     "node-lease-duration-seconds",
     "offline-max-age",
+    "healthz-port",
+    "healthz-bind-address",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -330,6 +332,16 @@ fn run(rest: &[String]) -> Result<(), String> {
             .ok(),
         cluster: Default::default(),
     };
+    let healthz_port: u16 = match a.get("healthz-port") {
+        None => 10248,
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("--healthz-port {:?}: not a port number (0 turns it off)", v))?,
+    };
+    crate::server::healthz::start(
+        a.get("healthz-bind-address").unwrap_or("127.0.0.1"),
+        healthz_port,
+    );
     let cluster_mode = cluster::mode(&a, &config, &version)?;
     kubelet::run(config, ctx, cluster_mode)
 }

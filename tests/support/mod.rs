@@ -153,6 +153,9 @@ impl Node {
             self.cgroup_root.clone(),
             "--backoff-scale".into(),
             "0.1".into(),
+            // Parallel test nodes would all want 127.0.0.1:10248.
+            "--healthz-port".into(),
+            "0".into(),
         ]
         .into_iter()
         .chain(self.extra_run_args.iter().cloned())
