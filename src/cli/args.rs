@@ -70,6 +70,13 @@ impl Args {
             .unwrap_or_default()
     }
 
+    /// Sets `name` to `value` unless the command line gave it (a configuration file's value).
+    pub fn set_default(&mut self, name: &str, value: String) {
+        self.flags
+            .entry(name.to_string())
+            .or_insert_with(|| vec![value]);
+    }
+
     pub fn flag(&self, name: &str) -> bool {
         self.get(name) == Some("true")
     }

@@ -2,6 +2,7 @@
 
 pub mod args;
 mod cluster;
+mod config_file;
 mod image;
 pub mod logs;
 pub mod ps;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "tinylet: a Kubernetes node agent for edge devices
 
 usage:
-  tinylet run [--root-dir DIR] [--pod-manifest-path DIR] [--node-name NAME] [--runtime RUNC]
+  tinylet run [--config KUBELETCONFIG.yaml] [--log-level error|warn|info|debug] [--root-dir DIR] [--pod-manifest-path DIR] [--node-name NAME] [--runtime RUNC]
               [--runtime-root DIR] [--pod-log-dir DIR] [--cgroup-root PATH] [--node-ip IP] [-v]
               [--insecure-registry HOST[:PORT]]... [--ca-file PEM]... [--docker-config PATH]
               [--registry-mirror REGISTRY=URL]... [--serialize-image-pulls=false --max-parallel-image-pulls N]
@@ -35,7 +36,9 @@ usage:
   tinylet version
 ";
 
-const RUN_FLAGS: &[&str] = &[
+pub(crate) const RUN_FLAGS: &[&str] = &[
+    "config",
+    "log-level",
     "root-dir",
     "pod-manifest-path",
     "node-name",
@@ -236,16 +239,28 @@ fn validate(rest: &[String]) -> Result<(), String> {
 }
 
 fn run(rest: &[String]) -> Result<(), String> {
-    let a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
-    let level = if a.flag("v") || a.flag("verbose") {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
+    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
+    let config_warnings = match a.get("config").map(PathBuf::from) {
+        Some(path) => config_file::apply(&path, &mut a)?,
+        None => Vec::new(),
+    };
+    let level = match a.get("log-level") {
+        _ if a.flag("v") || a.flag("verbose") => log::LevelFilter::Debug,
+        None => log::LevelFilter::Info,
+        Some(l) => l.parse().map_err(|_| {
+            format!(
+                "--log-level {:?}: not one of error, warn, info, debug, trace",
+                l
+            )
+        })?,
     };
     let _ = simple_logger::SimpleLogger::new()
         .with_level(level)
         .with_utc_timestamps()
         .init();
+    for w in config_warnings {
+        log::warn!("{}", w);
+    }
     let mut config = Config::default();
     if let Some(v) = a.get("root-dir") {
         config.root_dir = v.into();

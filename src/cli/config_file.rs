@@ -1,0 +1,232 @@
+//! `--config FILE`: a KubeletConfiguration (`kubelet.config.k8s.io/v1beta1`) YAML, the file the
+//! kubelet reads. Each field tinylet knows becomes the default of the flag of the same meaning,
+//! so the command line still wins and every value goes through the flag's own checks. Fields
+//! tinylet knows but does not act on yet, and fields it does not know, are warned about; a
+//! value of the wrong type is an error naming the field.
+
+use super::args::Args;
+use serde_json::Value;
+use std::path::Path;
+
+const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+
+/// How a field's value becomes a flag's.
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    /// A Go duration string ("10s", "5m").
+    Duration,
+    /// `[{key, value, effect}]` -> `key=value:effect,...`
+    Taints,
+}
+
+/// KubeletConfiguration field -> (flag, kind).
+const FIELDS: &[(&str, &str, Kind)] = &[
+    ("staticPodPath", "pod-manifest-path", Kind::Str),
+    ("podLogsDir", "pod-log-dir", Kind::Str),
+    ("cgroupRoot", "cgroup-root", Kind::Str),
+    ("port", "port", Kind::Int),
+    ("healthzPort", "healthz-port", Kind::Int),
+    ("healthzBindAddress", "healthz-bind-address", Kind::Str),
+    ("maxPods", "max-pods", Kind::Int),
+    ("imageGCHighThresholdPercent", "image-gc-high-threshold", Kind::Int),
+    ("imageGCLowThresholdPercent", "image-gc-low-threshold", Kind::Int),
+    ("imageMinimumGCAge", "minimum-image-ttl-duration", Kind::Duration),
+    ("serializeImagePulls", "serialize-image-pulls", Kind::Bool),
+    ("maxParallelImagePulls", "max-parallel-image-pulls", Kind::Int),
+    ("nodeStatusUpdateFrequency", "node-status-update-frequency", Kind::Duration),
+    ("nodeStatusReportFrequency", "node-status-report-frequency", Kind::Duration),
+    ("nodeLeaseDurationSeconds", "node-lease-duration-seconds", Kind::Int),
+    ("registerWithTaints", "register-with-taints", Kind::Taints),
+];
+
+/// Fields tinylet reads but does not act on yet (the features come with later issues).
+const NOT_YET: &[&str] = &[
+    "address",
+    "clusterDNS",
+    "clusterDomain",
+    "podCIDR",
+    "evictionHard",
+    "containerLogMaxSize",
+    "containerLogMaxFiles",
+    "authentication",
+    "authorization",
+    "resolvConf",
+    "readOnlyPort",
+    "tlsCertFile",
+    "tlsPrivateKeyFile",
+    "rotateCertificates",
+    "serverTLSBootstrap",
+    "cgroupDriver",
+    "featureGates",
+];
+
+/// Reads `path` and sets the flags it implies as defaults of `args`. Returns the warnings to log
+/// (the logger is not up yet when this runs).
+pub fn apply(path: &Path, args: &mut Args) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading --config {}: {}", path.display(), e))?;
+    if text.len() > 1 << 20 {
+        return Err(format!("--config {}: larger than 1 MiB", path.display()));
+    }
+    let at = |e: String| format!("--config {}: {}", path.display(), e);
+    let doc = crate::kube::yaml::documents(&text)
+        .map_err(at)?
+        .into_iter()
+        .find(|d| !d.is_null())
+        .ok_or_else(|| at("the file is empty".into()))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| at("a KubeletConfiguration must be a mapping".into()))?;
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(API_VERSION) => {}
+        other => {
+            return Err(at(format!(
+                "apiVersion: Unsupported value: {:?}: supported values: {:?}",
+                other.unwrap_or(""),
+                API_VERSION
+            )))
+        }
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some("KubeletConfiguration") => {}
+        other => {
+            return Err(at(format!(
+                "kind: Unsupported value: {:?}: supported values: \"KubeletConfiguration\"",
+                other.unwrap_or("")
+            )))
+        }
+    }
+    let mut warnings = Vec::new();
+    for (field, value) in obj {
+        if field == "apiVersion" || field == "kind" || value.is_null() {
+            continue;
+        }
+        if let Some((_, flag, kind)) = FIELDS.iter().find(|(f, _, _)| f == field) {
+            let v = flag_value(field, value, kind).map_err(at)?;
+            args.set_default(flag, v);
+        } else if NOT_YET.contains(&field.as_str()) {
+            warnings.push(format!(
+                "--config {}: {} is not used by tinylet yet; ignored",
+                path.display(),
+                field
+            ));
+        } else {
+            warnings.push(format!(
+                "--config {}: unknown field {:?}; ignored",
+                path.display(),
+                field
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
+    let wrong = |what: &str| format!("{}: Invalid value: {}: must be {}", field, v, what);
+    match kind {
+        Kind::Str => v
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| wrong("a string")),
+        Kind::Int => v
+            .as_u64()
+            .map(|n| n.to_string())
+            .ok_or_else(|| wrong("a non-negative integer")),
+        Kind::Bool => v
+            .as_bool()
+            .map(|b| b.to_string())
+            .ok_or_else(|| wrong("true or false")),
+        Kind::Duration => {
+            let s = v.as_str().ok_or_else(|| wrong("a duration string such as \"10s\""))?;
+            crate::config::parse_duration(s).map_err(|e| format!("{}: {}", field, e))?;
+            Ok(s.to_string())
+        }
+        Kind::Taints => {
+            let list = v.as_array().ok_or_else(|| wrong("a list of taints"))?;
+            let mut out = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                let key = t["key"]
+                    .as_str()
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| format!("{}[{}].key: Required value", field, i))?;
+                let effect = t["effect"]
+                    .as_str()
+                    .ok_or_else(|| format!("{}[{}].effect: Required value", field, i))?;
+                out.push(match t["value"].as_str().filter(|v| !v.is_empty()) {
+                    Some(val) => format!("{}={}:{}", key, val, effect),
+                    None => format!("{}:{}", key, effect),
+                });
+            }
+            Ok(out.join(","))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "tinylet-config-{}-{}.yaml",
+            std::process::id(),
+            crate::fsutil::random_hex(4).unwrap()
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn args(cli: &[&str]) -> Args {
+        let v: Vec<String> = cli.iter().map(|s| s.to_string()).collect();
+        Args::parse(&v, crate::cli::RUN_FLAGS, &["v"]).unwrap()
+    }
+
+    #[test]
+    fn fields_become_flag_defaults_and_flags_win() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             staticPodPath: /etc/k/manifests\nmaxPods: 50\nserializeImagePulls: false\n\
+             nodeStatusUpdateFrequency: 20s\nclusterDNS: [10.96.0.10]\nsurprise: 1\n\
+             registerWithTaints:\n- {key: edge, value: 'true', effect: NoSchedule}\n",
+        );
+        let mut a = args(&["--max-pods", "7"]);
+        let warnings = apply(&p, &mut a).unwrap();
+        assert_eq!(a.get("pod-manifest-path"), Some("/etc/k/manifests"));
+        assert_eq!(a.get("max-pods"), Some("7"), "the command line wins");
+        assert_eq!(a.get("serialize-image-pulls"), Some("false"));
+        assert_eq!(a.get("node-status-update-frequency"), Some("20s"));
+        assert_eq!(a.get("register-with-taints"), Some("edge=true:NoSchedule"));
+        assert!(warnings.iter().any(|w| w.contains("clusterDNS is not used")));
+        assert!(warnings.iter().any(|w| w.contains("unknown field \"surprise\"")));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn bad_files_name_what_is_wrong() {
+        for (text, want) in [
+            ("kind: KubeletConfiguration\n", "apiVersion: Unsupported value"),
+            ("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: Pod\n", "kind: Unsupported value"),
+            (
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: lots\n",
+                "maxPods: Invalid value",
+            ),
+            (
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nimageMinimumGCAge: soon\n",
+                "imageMinimumGCAge",
+            ),
+            (
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nregisterWithTaints: [{value: x}]\n",
+                "registerWithTaints[0].key: Required value",
+            ),
+            ("- [", "YAML"),
+        ] {
+            let p = write(text);
+            let err = apply(&p, &mut args(&[])).unwrap_err();
+            assert!(err.contains(want), "{:?}: {}", text, err);
+            assert!(err.contains(&p.display().to_string()), "{}", err);
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}
