@@ -30,14 +30,42 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("healthzPort", "healthz-port", Kind::Int),
     ("healthzBindAddress", "healthz-bind-address", Kind::Str),
     ("maxPods", "max-pods", Kind::Int),
-    ("imageGCHighThresholdPercent", "image-gc-high-threshold", Kind::Int),
-    ("imageGCLowThresholdPercent", "image-gc-low-threshold", Kind::Int),
-    ("imageMinimumGCAge", "minimum-image-ttl-duration", Kind::Duration),
+    (
+        "imageGCHighThresholdPercent",
+        "image-gc-high-threshold",
+        Kind::Int,
+    ),
+    (
+        "imageGCLowThresholdPercent",
+        "image-gc-low-threshold",
+        Kind::Int,
+    ),
+    (
+        "imageMinimumGCAge",
+        "minimum-image-ttl-duration",
+        Kind::Duration,
+    ),
     ("serializeImagePulls", "serialize-image-pulls", Kind::Bool),
-    ("maxParallelImagePulls", "max-parallel-image-pulls", Kind::Int),
-    ("nodeStatusUpdateFrequency", "node-status-update-frequency", Kind::Duration),
-    ("nodeStatusReportFrequency", "node-status-report-frequency", Kind::Duration),
-    ("nodeLeaseDurationSeconds", "node-lease-duration-seconds", Kind::Int),
+    (
+        "maxParallelImagePulls",
+        "max-parallel-image-pulls",
+        Kind::Int,
+    ),
+    (
+        "nodeStatusUpdateFrequency",
+        "node-status-update-frequency",
+        Kind::Duration,
+    ),
+    (
+        "nodeStatusReportFrequency",
+        "node-status-report-frequency",
+        Kind::Duration,
+    ),
+    (
+        "nodeLeaseDurationSeconds",
+        "node-lease-duration-seconds",
+        Kind::Int,
+    ),
     ("registerWithTaints", "register-with-taints", Kind::Taints),
 ];
 
@@ -139,7 +167,9 @@ fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
             .map(|b| b.to_string())
             .ok_or_else(|| wrong("true or false")),
         Kind::Duration => {
-            let s = v.as_str().ok_or_else(|| wrong("a duration string such as \"10s\""))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| wrong("a duration string such as \"10s\""))?;
             crate::config::parse_duration(s).map_err(|e| format!("{}: {}", field, e))?;
             Ok(s.to_string())
         }
@@ -198,8 +228,12 @@ mod tests {
         assert_eq!(a.get("serialize-image-pulls"), Some("false"));
         assert_eq!(a.get("node-status-update-frequency"), Some("20s"));
         assert_eq!(a.get("register-with-taints"), Some("edge=true:NoSchedule"));
-        assert!(warnings.iter().any(|w| w.contains("clusterDNS is not used")));
-        assert!(warnings.iter().any(|w| w.contains("unknown field \"surprise\"")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("clusterDNS is not used")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("unknown field \"surprise\"")));
         std::fs::remove_file(p).unwrap();
     }
 
