@@ -146,9 +146,10 @@ fn image_never_pulled_then_imported() {
     let t0 = Instant::now();
     node.import_image();
     node.wait_running("later");
-    // The retry back-off (1 s doubling, scaled by 0.1) has only grown a little by now.
+    // The retry back-off (1 s doubling, scaled by 0.1) has only grown a little by now; the bound
+    // is loose because a loaded machine stretches every step.
     assert!(
-        t0.elapsed() < Duration::from_secs(6),
+        t0.elapsed() < Duration::from_secs(12),
         "pod started {:?} after the import",
         t0.elapsed()
     );
