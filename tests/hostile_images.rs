@@ -217,9 +217,11 @@ impl Case {
             self.name,
             self.stderr()
         );
+        // One snapshot directory (beside it, at most its list of device nodes).
         let snapshots: Vec<PathBuf> = fs::read_dir(self.root.join("images/snapshots"))
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().ends_with(".devices.json"))
             .collect();
         assert_eq!(snapshots.len(), 1, "{}: {:?}", self.name, snapshots);
         let snap = snapshots.into_iter().next().unwrap();
@@ -384,6 +386,11 @@ fn hardlink_through_outward_symlink_is_refused() {
 fn devices_and_fifos_are_dropped() {
     let case = import(&["devices.tar"]);
     let snap = case.assert_contained();
+    // Listed beside the snapshot for privileged containers, never created in it.
+    let listed = fs::read_to_string(format!("{}.devices.json", snap.display())).unwrap();
+    for node in ["/dev/evil-null", "/dev/evil-sda", "/evil-fifo"] {
+        assert!(listed.contains(node), "{node} not in {listed}");
+    }
     assert!(snap.join("dev").is_dir());
     for gone in [
         "dev/evil-null",
@@ -395,6 +402,95 @@ fn devices_and_fifos_are_dropped() {
             fs::symlink_metadata(snap.join(gone)).is_err(),
             "{gone} exists"
         );
+    }
+}
+
+/// The layer blobs of an OCI layout with one image (in order).
+fn layout_layers(layout: &Path) -> Vec<Vec<u8>> {
+    let blob = |digest: &str| {
+        fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap_or_else(|e| panic!("reading blob {digest}: {e}"))
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn privileged_pods_get_the_image_device_nodes_and_no_one_else_does() {
+    // busybox, with devices.tar on top.
+    let mut layers = layout_layers(support::image_layout());
+    layers.push(fs::read(corpus("devices.tar")).unwrap());
+    let mut node = support::Node::create();
+    let layout = node.dir.join("devices-image");
+    let name = "127.0.0.1:1/test/devices:1";
+    write_image_layout(&layout, &layers, &["sh"], Some(name));
+    node.tinylet_ok(&["image", "import", &layout.display().to_string()]);
+    node.start_daemon();
+    let script = "ls -ln /dev/evil-null /dev/evil-sda /evil-fifo 2>&1; echo listed; sleep 3600";
+    let pod = |pod: &str, privileged: bool| {
+        support::pod_manifest(pod)
+            .container("c", script)
+            .set("image", name.into())
+            .set("imagePullPolicy", "Never".into())
+            .set(
+                "env",
+                serde_json::json!([{"name": "PATH", "value": "/bin:/usr/bin"}]),
+            )
+            .set(
+                "securityContext",
+                serde_json::json!({"privileged": privileged}),
+            )
+            .yaml()
+    };
+    node.write_manifest(
+        "pods.yaml",
+        &format!("{}---\n{}", pod("priv", true), pod("plain", false)),
+    );
+    let privileged = node.wait_log("priv", "c", "listed");
+    let null = privileged
+        .lines()
+        .find(|l| l.contains("/dev/evil-null"))
+        .unwrap_or_else(|| panic!("{privileged}"));
+    assert!(
+        null.starts_with('c') && null.contains("1,") && null.contains('3'),
+        "{null}"
+    );
+    let sda = privileged
+        .lines()
+        .find(|l| l.contains("/dev/evil-sda"))
+        .unwrap();
+    assert!(sda.starts_with('b') && sda.contains("8,"), "{sda}");
+    let fifo = privileged
+        .lines()
+        .find(|l| l.contains("/evil-fifo"))
+        .unwrap();
+    assert!(fifo.starts_with('p'), "{fifo}");
+    let plain = node.wait_log("plain", "c", "listed");
+    for path in ["/dev/evil-null", "/dev/evil-sda", "/evil-fifo"] {
+        let line = plain
+            .lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("{plain}"));
+        assert!(line.contains("No such file"), "{line}");
+    }
+    // The shared snapshot itself never holds them.
+    let snapshots = node.root.join("images/snapshots");
+    for e in fs::read_dir(&snapshots).unwrap().flatten() {
+        if e.path().is_dir() {
+            assert!(fs::symlink_metadata(e.path().join("dev/evil-null")).is_err());
+        }
     }
 }
 

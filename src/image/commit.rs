@@ -138,6 +138,19 @@ pub(crate) fn ensure_snapshot(
                 source: Box::new(source),
             })?;
     }
+    // Device nodes are never made in the shared snapshot; their list goes beside it for
+    // privileged containers (written before the snapshot is published, so it is there as soon
+    // as the snapshot is).
+    let devices = unpacker.device_nodes();
+    let devices_file = super::devices_file(&dest);
+    if devices.is_empty() {
+        let _ = fs::remove_file(&devices_file);
+    } else {
+        let data = serde_json::to_vec(&devices)
+            .map_err(|e| ImageError::io("encoding", &devices_file, std::io::Error::other(e)))?;
+        crate::fsutil::write_atomic(&devices_file, &data, 0o644)
+            .map_err(|e| ImageError::io("writing", &devices_file, e))?;
+    }
     // Make the files durable before the snapshot becomes visible under its final name.
     let sync =
         File::open(tmp.path()).and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from));

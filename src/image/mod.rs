@@ -59,7 +59,18 @@ pub use platform::Platform;
 pub use reference::normalize_reference;
 pub use registry::{PullOptions, PullProgress, RegistryAuth};
 pub use store::ImageStore;
-pub use unpack::{Limits, UnpackError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
+pub use unpack::{
+    DeviceNode, Limits, UnpackError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES,
+};
+
+/// Beside a snapshot `<snapshots>/<id>`: `<id>.devices.json`, its layers' device nodes.
+const DEVICES_SUFFIX: &str = ".devices.json";
+
+fn devices_file(snapshot: &std::path::Path) -> std::path::PathBuf {
+    let mut name = snapshot.as_os_str().to_os_string();
+    name.push(DEVICES_SUFFIX);
+    name.into()
+}
 
 /// An image as the runtime needs it: where its rootfs is and how to start it.
 #[derive(Debug, Clone)]
@@ -75,6 +86,21 @@ pub struct Image {
     /// The read-only snapshot directory.
     pub rootfs: PathBuf,
     pub config: ImageConfig,
+}
+
+impl Image {
+    /// The device nodes and fifos the image's layers contain (never created in the snapshot;
+    /// privileged containers get them). Unreadable lists are logged and treated as empty.
+    pub fn device_nodes(&self) -> Vec<DeviceNode> {
+        let file = devices_file(&self.rootfs);
+        match crate::fsutil::read_json::<Vec<DeviceNode>>(&file) {
+            Ok(d) => d.unwrap_or_default(),
+            Err(e) => {
+                log::warn!("image {}: {}", self.name, e);
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// The parts of the image config that decide how a container starts.

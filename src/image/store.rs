@@ -195,7 +195,12 @@ impl ImageStore {
         let snapshots = &self.paths.snapshots;
         for entry in fs::read_dir(snapshots).map_err(|e| ImageError::io("listing", snapshots, e))? {
             let entry = entry.map_err(|e| ImageError::io("listing", snapshots, e))?;
-            if entry.file_name().to_str().is_some_and(|n| keep.contains(n)) {
+            let kept = entry.file_name().to_str().is_some_and(|n| {
+                keep.contains(n)
+                    || n.strip_suffix(super::DEVICES_SUFFIX)
+                        .is_some_and(|h| keep.contains(h))
+            });
+            if kept {
                 continue;
             }
             freed += disk_bytes(&entry.path());

@@ -152,6 +152,26 @@ pub(crate) struct Unpacker<'a> {
     entries: u64,
     /// Ownership can only be applied as root; rootless unpacks keep the caller's ids.
     chown: bool,
+    /// Device nodes and fifos the layers asked for, by path in the rootfs. They are never
+    /// created in the shared snapshot; privileged containers get them from runc (OCI
+    /// `linux.devices`), unprivileged ones never see them.
+    pub(crate) devices: BTreeMap<PathBuf, (DeviceNode, usize)>,
+    layer_no: usize,
+}
+
+/// A device node or fifo of an image layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceNode {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// "c", "b" or "p", as OCI `linux.devices` types them.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
 }
 
 /// Per-layer bookkeeping: what this layer wrote (whiteouts must spare it) and directory metadata
@@ -184,7 +204,21 @@ impl<'a> Unpacker<'a> {
             bytes: 0,
             entries: 0,
             chown: nix::unistd::geteuid().is_root(),
+            devices: BTreeMap::new(),
+            layer_no: 0,
         }
+    }
+
+    /// The device nodes left after every layer, in path order.
+    pub(crate) fn device_nodes(&self) -> Vec<DeviceNode> {
+        self.devices.values().map(|(d, _)| d.clone()).collect()
+    }
+
+    /// Forgets device nodes of earlier layers at or below `rel` (replaced or whited out).
+    fn forget_devices(&mut self, rel: &Path) {
+        let layer = self.layer_no;
+        self.devices
+            .retain(|p, (_, l)| *l == layer || !(p == rel || p.starts_with(rel)));
     }
 
     pub(crate) fn apply_layer<R: Read>(
@@ -192,6 +226,7 @@ impl<'a> Unpacker<'a> {
         reader: R,
         expected: &ExpectedLayer,
     ) -> Result<(), UnpackError> {
+        self.layer_no += 1;
         let mut buffered = BufReader::new(reader);
         let compression = detect_compression(buffered.fill_buf().map_err(read_err)?)?;
         let mut compressed = HashingReader::new(buffered);
@@ -266,12 +301,27 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         };
         if whiteout::is_whiteout(&base) {
+            if !self.devices.is_empty() {
+                if let Ok(dir) = secure_join(self.root, &comps) {
+                    let b = base.as_bytes();
+                    if b == b".wh..wh..opq" {
+                        self.forget_devices(&dir);
+                    } else if let Some(hidden) = b.strip_prefix(b".wh.") {
+                        self.forget_devices(&dir.join(OsStr::from_bytes(hidden)));
+                    }
+                }
+            }
             return whiteout::apply(self.root, &name, &comps, &base, &layer.written);
         }
         let parent = self.resolve_parent(&name, &comps)?;
         let rel = parent.join(&base);
         let path = self.root.join(&rel);
         let meta = self.meta(entry)?;
+        if !self.devices.is_empty()
+            && !matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo)
+        {
+            self.forget_devices(&rel);
+        }
         match kind {
             EntryType::Directory => {
                 if !remove_existing(&path, true)
@@ -310,9 +360,25 @@ impl<'a> Unpacker<'a> {
             }
             EntryType::Link => self.hardlink(entry, &name, &path)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                log::warn!(
-                    "dropping device node/fifo {name:?}: pods get their devices from the runtime"
-                );
+                let h = entry.header();
+                let node = DeviceNode {
+                    path: format!("/{}", rel.display()),
+                    kind: match kind {
+                        EntryType::Char => "c",
+                        EntryType::Block => "b",
+                        _ => "p",
+                    }
+                    .into(),
+                    major: h.device_major().ok().flatten().unwrap_or(0),
+                    minor: h.device_minor().ok().flatten().unwrap_or(0),
+                    mode: meta.mode & 0o777,
+                    uid: meta.uid,
+                    gid: meta.gid,
+                };
+                log::debug!("device node {name:?} recorded for privileged containers, not created");
+                // Whatever lower layers had at this path is replaced, as by any other entry.
+                remove_existing(&path, false).map_err(|e| io_err(&name, "replacing", &path, e))?;
+                self.devices.insert(rel, (node, self.layer_no));
                 return Ok(());
             }
             other => {

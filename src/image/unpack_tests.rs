@@ -218,21 +218,39 @@ fn hardlinks_must_target_regular_files_inside() {
 }
 
 #[test]
-fn device_nodes_and_fifos_are_dropped() {
+fn device_nodes_and_fifos_are_listed_not_created() {
     let (_t, root, _) = sandbox("dev");
-    apply(
-        &root,
-        &[tar_of(&[
+    let mut u = Unpacker::new(&root, Limits::default());
+    let layers = [
+        tar_of(&[
             E::Dir("dev"),
             E::Char("dev/null"),
+            E::Char("dev/zero"),
             E::Fifo("fifo"),
             E::File("keep", b"k"),
-        ])],
-    )
-    .unwrap();
+        ]),
+        // A later layer hides one device and puts a file where another was.
+        tar_of(&[E::File("dev/.wh.null", b""), E::File("fifo", b"now a file")]),
+    ];
+    for l in &layers {
+        let digest = sha256_of(l);
+        u.apply_layer(
+            &l[..],
+            &ExpectedLayer {
+                digest: &digest,
+                size: l.len() as u64,
+                diff_id: None,
+            },
+        )
+        .unwrap();
+    }
     assert!(fs::symlink_metadata(root.join("dev/null")).is_err());
-    assert!(fs::symlink_metadata(root.join("fifo")).is_err());
+    assert!(fs::symlink_metadata(root.join("dev/zero")).is_err());
+    assert_eq!(fs::read(root.join("fifo")).unwrap(), b"now a file");
     assert!(root.join("keep").is_file());
+    let paths: Vec<String> = u.device_nodes().into_iter().map(|d| d.path).collect();
+    assert_eq!(paths, ["/dev/zero"]);
+    assert_eq!(u.device_nodes()[0].kind, "c");
 }
 
 #[test]

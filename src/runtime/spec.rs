@@ -106,6 +106,8 @@ pub struct SpecInput<'a> {
     pub annotations: Vec<(String, String)>,
     /// Volumes: (path in the container, path on the host, read-only), in mount order.
     pub binds: Vec<(String, std::path::PathBuf, bool)>,
+    /// The image's device nodes, created by runc in privileged containers only.
+    pub devices: Vec<crate::image::DeviceNode>,
 }
 
 pub fn build(input: &SpecInput) -> Result<Value, String> {
@@ -155,6 +157,19 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
     if !privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+    } else if !input.devices.is_empty() {
+        // The image's own device nodes, made by runc in this container's rootfs only (the
+        // devices cgroup of a privileged container allows every device).
+        linux["devices"] = input
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "path": d.path, "type": d.kind, "major": d.major, "minor": d.minor,
+                    "fileMode": d.mode, "uid": d.uid, "gid": d.gid,
+                })
+            })
+            .collect();
     }
 
     let mut spec = json!({
@@ -179,9 +194,30 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
     Ok(spec)
 }
 
+/// Every capability the agent itself may hand on: ALL_CAPS (in capability-number order) within
+/// this process's bounding set. Asking runc for one outside it fails the start ("unable to apply
+/// caps"), and devices and sandboxes often run without some (CAP_SYS_RESOURCE, CAP_SYS_MODULE);
+/// containerd gives privileged containers the current set for the same reason.
+fn all_available_caps() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, String> {
     if privileged {
-        return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
+        return Ok(all_available_caps());
     }
     let norm = |c: &str| {
         let up = c.to_ascii_uppercase();
@@ -196,7 +232,7 @@ fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, S
         for add in &c.add {
             let n = norm(add);
             if n == "CAP_ALL" {
-                caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+                caps = all_available_caps();
             } else if !ALL_CAPS.contains(&n.as_str()) {
                 return Err(format!(
                     "securityContext.capabilities.add: unknown capability {:?}",
@@ -280,6 +316,7 @@ mod tests {
             cpu_request_millis: Some(250),
             annotations: vec![],
             binds: vec![],
+            devices: vec![],
         }
     }
 
@@ -345,12 +382,23 @@ mod tests {
         });
         let spec = build(&input(&c, &sb)).unwrap();
         assert!(spec["linux"].get("maskedPaths").is_none());
+        // Every capability this process holds, and only those.
+        let granted = spec["process"]["capabilities"]["bounding"].clone();
+        assert_eq!(granted, json!(all_available_caps()));
+        assert!(granted.as_array().unwrap().len() > DEFAULT_CAPS.len());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        let has_sys_resource = bnd & (1 << 24) != 0;
         assert_eq!(
-            spec["process"]["capabilities"]["bounding"]
+            granted
                 .as_array()
                 .unwrap()
-                .len(),
-            ALL_CAPS.len()
+                .contains(&json!("CAP_SYS_RESOURCE")),
+            has_sys_resource
         );
     }
 }

@@ -86,6 +86,16 @@ impl PodWorker {
                 ("io.kubernetes.container.name".into(), c.name.clone()),
             ],
             binds,
+            devices: if c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false)
+            {
+                image.device_nodes()
+            } else {
+                Vec::new()
+            },
         };
         spec::build(&input)
     }
