@@ -227,3 +227,76 @@ fn sigkill_mid_download_leaves_nothing_trusted_and_next_pull_recovers() {
 
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Pulls share the store (issue 3: `--max-parallel-image-pulls`): a small pull completes while a
+/// slow one is still downloading, instead of waiting for its lock; both images end up whole.
+#[test]
+fn a_pull_does_not_wait_for_another_one() {
+    let reg = Registry::start_plain();
+    build_big_layout(&reg.dir.join("big-layout"));
+    reg.push_layout(&reg.dir.join("big-layout"), "test/big", "1");
+    let small = reg.dir.join("small-layout");
+    write_image_layout(
+        &small,
+        &[one_file_tar("hello", b"hello")],
+        &["/hello"],
+        None,
+    );
+    reg.push_layout(&small, "test/small", "1");
+    let slow = start_relay(reg.port(), Arc::new(AtomicBool::new(true)));
+    let fast = start_relay(reg.port(), Arc::new(AtomicBool::new(false)));
+
+    let dir = PathBuf::from(format!("/tmp/tinylet-pullpar-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    fs::create_dir_all(&root).unwrap();
+    let mut big = Command::new(env!("CARGO_BIN_EXE_tinylet"))
+        .args([
+            "image",
+            "pull",
+            &format!("127.0.0.1:{slow}/test/big:1"),
+            "--root-dir",
+        ])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The big pull is downloading (it holds the store lock from here until it ends).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tmp_entries(&root).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("blob"))
+            && fs::metadata(p).is_ok_and(|m| m.len() > 0)
+    }) {
+        assert!(
+            big.try_wait().unwrap().is_none(),
+            "the big pull ended too soon"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the big pull never started downloading"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let out = tinylet(
+        &root,
+        &["image", "pull", &format!("127.0.0.1:{fast}/test/small:1")],
+    );
+    assert!(
+        out.status.success(),
+        "small pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        big.try_wait().unwrap().is_none(),
+        "the small pull only finished after the big one"
+    );
+    let status = big.wait().unwrap();
+    assert!(status.success());
+    let ls = String::from_utf8_lossy(&tinylet(&root, &["image", "ls"]).stdout).into_owned();
+    assert!(ls.contains("test/big") && ls.contains("test/small"), "{ls}");
+    assert_blobs_verified(&root);
+    assert!(tmp_entries(&root).is_empty(), "{:?}", tmp_entries(&root));
+    let _ = fs::remove_dir_all(&dir);
+}

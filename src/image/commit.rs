@@ -1,12 +1,12 @@
 //! What import and pull share once an image's blobs are verified in the store: the writer
-//! session (lock, tmp cleanup, sweep on failure), unpacking the snapshot, and recording names in
+//! session (shared store lock, tmp cleanup and sweep when alone), unpacking the snapshot, and recording names in
 //! the index — in that order, so a name never points at an image that is not complete on disk.
 
 use std::fs::{self, File};
 use std::os::unix::fs::DirBuilderExt;
 
 use super::files::{unique_name, TempPath};
-use super::index::{self, Entry, WriteLock};
+use super::index::{self, Entry, IndexLock, SharedLock, WriteLock};
 use super::oci::{self, ConfigFile, Manifest};
 use super::unpack::{ExpectedLayer, Unpacker};
 use super::{Image, ImageError, ImageStore};
@@ -21,27 +21,36 @@ pub(crate) struct Complete<'a> {
     pub manifest: &'a Manifest,
 }
 
-/// Runs a writer: holds `images/lock` throughout, starts from an empty tmp/, and on failure
-/// sweeps blobs verified before the failure that nothing references.
+/// Runs a writer that adds to the store (a pull, an import). Writers share the store lock, so
+/// several run side by side; content is only ever removed under the exclusive lock, which waits
+/// for them. tmp/ is emptied, and what a failed or replaced run left unreferenced is swept,
+/// whenever a writer finds itself alone (at its start or its end).
 pub(crate) fn writer_session<T>(
     store: &ImageStore,
     what: &dyn std::fmt::Display,
     run: impl FnOnce() -> Result<T, ImageError>,
 ) -> Result<T, ImageError> {
-    let _lock = WriteLock::acquire(&store.paths.lock)?;
-    store.clear_tmp()?;
+    if let Some(_alone) = WriteLock::try_acquire(&store.paths.lock)? {
+        let _index = IndexLock::acquire(&store.paths.index_lock)?;
+        store.clear_tmp()?;
+    }
+    let shared = SharedLock::acquire(&store.paths.lock)?;
     let result = run();
-    if result.is_err() {
-        if let Err(e) = index::load(&store.paths.index).and_then(|index| store.sweep(&index)) {
-            log::warn!("cleaning up after a failed {what}: {e}");
+    drop(shared);
+    if let Some(_alone) = WriteLock::try_acquire(&store.paths.lock)? {
+        let swept = IndexLock::acquire(&store.paths.index_lock)
+            .and_then(|_index| index::load(&store.paths.index).and_then(|i| store.sweep(&i)));
+        if let Err(e) = swept {
+            log::warn!("cleaning up after the {what}: {e}");
         }
     }
     result
 }
 
-/// Records the images under their names (re-pointed names leave the old image dangling), sweeps,
-/// and returns one `Image` per name. Snapshots must already exist (`ensure_snapshot`).
+/// Records the images under their names (re-pointed names leave the old image dangling) and
+/// returns one `Image` per name. Snapshots must already exist (`ensure_snapshot`).
 pub(crate) fn record(store: &ImageStore, images: &[Complete]) -> Result<Vec<Image>, ImageError> {
+    let _index_lock = IndexLock::acquire(&store.paths.index_lock)?;
     let mut index = index::load(&store.paths.index)?;
     let now = crate::clock::now_unix().as_secs();
     let mut replaced = Vec::new();
@@ -77,7 +86,8 @@ pub(crate) fn record(store: &ImageStore, images: &[Complete]) -> Result<Vec<Imag
         }
     }
     index::save(&store.paths.index, &store.paths.tmp, &index)?;
-    store.sweep(&index)?;
+    // What a re-pointed name left unreferenced is swept by `writer_session` once no other writer
+    // runs (a sweep now could delete a concurrent writer's verified, not yet recorded blobs).
     named.iter().map(|(n, e)| store.image(n, e)).collect()
 }
 
@@ -155,6 +165,10 @@ pub(crate) fn ensure_snapshot(
     let sync =
         File::open(tmp.path()).and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from));
     sync.map_err(|e| ImageError::io("syncing", tmp.path(), e))?;
-    tmp.commit(&dest)
-        .map_err(|e| ImageError::io("publishing snapshot", &dest, e))
+    match tmp.commit(&dest) {
+        Ok(()) => Ok(()),
+        // Another writer unpacked the same image meanwhile (snapshots are keyed by config).
+        Err(_) if dest.is_dir() => Ok(()),
+        Err(e) => Err(ImageError::io("publishing snapshot", &dest, e)),
+    }
 }

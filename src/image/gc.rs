@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::index::{self, Entry, IndexFile, WriteLock};
+use super::index::{self, Entry, IndexFile, IndexLock, WriteLock};
 use super::store::{matches, selector, Selector};
 use super::{ImageError, ImageStore};
 
@@ -242,12 +242,12 @@ impl ImageStore {
         if !touch(&mut index, now, MARK_USED_INTERVAL_SECS, selected) {
             return Ok(false);
         }
-        // Other marks and imports hold the lock for milliseconds: wait that long for it (pods
-        // starting together would otherwise lose their marks); a pull holds it for minutes: then
-        // give up rather than delay the container.
+        // Other marks and writers hold the index lock for milliseconds: wait that long for it
+        // (pods starting together would otherwise lose their marks); a GC pass holds it for
+        // longer: then give up rather than delay the container.
         let mut lock = None;
         for _ in 0..25 {
-            lock = WriteLock::try_acquire(&self.paths.lock)?;
+            lock = IndexLock::try_acquire(&self.paths.index_lock)?;
             if lock.is_some() {
                 break;
             }
@@ -271,6 +271,7 @@ impl ImageStore {
     pub fn prune(&self, in_use: &HashSet<String>) -> Result<PruneReport, ImageError> {
         let in_use = InUse::new(in_use);
         let _lock = WriteLock::acquire(&self.paths.lock)?;
+        let _index_lock = IndexLock::acquire(&self.paths.index_lock)?;
         let mut index = index::load(&self.paths.index)?;
         // Grouped by id and removed one id at a time, so each image is credited with the bytes
         // its own removal freed.
@@ -337,6 +338,7 @@ impl ImageStore {
         let in_use = InUse::new(in_use);
         // Held throughout: what is in use and what gets removed are decided on one index.
         let _lock = WriteLock::acquire(&self.paths.lock)?;
+        let _index_lock = IndexLock::acquire(&self.paths.index_lock)?;
         let mut index = index::load(&self.paths.index)?;
         // Like the kubelet, an image in use counts as used now: when its pods go away it is
         // the last to be collected, not the first because it was started long ago.

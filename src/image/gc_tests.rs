@@ -330,15 +330,20 @@ fn mark_used_persists_and_skips_writes_within_a_minute() {
     );
     // Unknown images are not an error: nothing to record.
     assert!(!env.store.mark_used_at("nothere:1", t + 200).unwrap());
-    // A writer holding the lock (a long pull) is not waited for: the use goes unrecorded.
-    let lock = WriteLock::acquire(&env.store.paths.lock).unwrap();
-    assert!(!env.store.mark_used_at("a:1", t + 300).unwrap());
+    // A pull in progress does not stop it (pulls share the store lock)...
+    let pulling = index::SharedLock::acquire(&env.store.paths.lock).unwrap();
+    assert!(env.store.mark_used_at("a:1", t + 250).unwrap());
+    drop(pulling);
+    // ...but one holding the index lock for long (a GC pass) is not waited for: the use goes
+    // unrecorded rather than delay the container.
+    let lock = index::IndexLock::acquire(&env.store.paths.index_lock).unwrap();
+    assert!(!env.store.mark_used_at("a:1", t + 350).unwrap());
     drop(lock);
     assert_eq!(
         env.index().images["docker.io/library/a:1"].last_used,
-        Some(t + 61)
+        Some(t + 250)
     );
-    assert!(env.store.mark_used_at("a:1", t + 300).unwrap());
+    assert!(env.store.mark_used_at("a:1", t + 350).unwrap());
 }
 
 #[test]

@@ -143,9 +143,47 @@ pub(crate) fn save(path: &Path, tmp_dir: &Path, index: &IndexFile) -> Result<(),
         .map_err(|e| ImageError::io("writing image index", path, e))
 }
 
-/// Held by writers for their whole run; released on drop (or process exit).
+/// The store lock (`images/lock`), held exclusively by what removes content (rm, prune, GC,
+/// the sweep) for its whole run; released on drop (or process exit).
 pub(crate) struct WriteLock {
     _flock: Flock<File>,
+}
+
+/// The store lock held shared by what only adds content (pulls, imports): any number of them
+/// run side by side, and nothing is removed under them.
+pub(crate) struct SharedLock {
+    _flock: Flock<File>,
+}
+
+impl SharedLock {
+    pub(crate) fn acquire(path: &Path) -> Result<SharedLock, ImageError> {
+        Flock::lock(open_lock_file(path)?, FlockArg::LockShared)
+            .map(|flock| SharedLock { _flock: flock })
+            .map_err(|(_, errno)| ImageError::io("locking", path, io::Error::from(errno)))
+    }
+}
+
+/// `images/index.lock`: held for each read-modify-write of index.json (and while tmp/ is
+/// emptied), always briefly.
+pub(crate) struct IndexLock {
+    _flock: Flock<File>,
+}
+
+impl IndexLock {
+    pub(crate) fn acquire(path: &Path) -> Result<IndexLock, ImageError> {
+        Flock::lock(open_lock_file(path)?, FlockArg::LockExclusive)
+            .map(|flock| IndexLock { _flock: flock })
+            .map_err(|(_, errno)| ImageError::io("locking", path, io::Error::from(errno)))
+    }
+
+    /// The lock if nobody holds it; Ok(None) if somebody does.
+    pub(crate) fn try_acquire(path: &Path) -> Result<Option<IndexLock>, ImageError> {
+        match Flock::lock(open_lock_file(path)?, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(Some(IndexLock { _flock: flock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(ImageError::io("locking", path, io::Error::from(errno))),
+        }
+    }
 }
 
 impl WriteLock {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::blobs::Blobs;
 use super::files::{disk_bytes, unique_name};
-use super::index::{self, Entry, IndexFile, WriteLock};
+use super::index::{self, Entry, IndexFile, IndexLock, WriteLock};
 use super::oci::{self, ConfigFile};
 use super::registry::{self, PullOptions, PullProgress, TokenCache};
 use super::{digest, import, reference, Image, ImageError, Limits};
@@ -18,6 +18,7 @@ use super::{DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
 pub(crate) struct Paths {
     pub index: PathBuf,
     pub lock: PathBuf,
+    pub index_lock: PathBuf,
     pub tmp: PathBuf,
     pub snapshots: PathBuf,
 }
@@ -48,6 +49,7 @@ impl ImageStore {
         let paths = Paths {
             index: root.join("index.json"),
             lock: root.join("lock"),
+            index_lock: root.join("index.lock"),
             tmp: root.join("tmp"),
             snapshots: root.join("snapshots"),
         };
@@ -87,7 +89,8 @@ impl ImageStore {
 
     /// Pulls `reference` (any form normalize_reference accepts) from its registry and records it
     /// under its normalized name (see registry/). Idempotent: blobs already in the store are not
-    /// fetched again. Holds the writers' lock for the whole pull, so pulls are serialized.
+    /// fetched again. Pulls (and imports) share the store: several run at once, bounded by the
+    /// caller (`--max-parallel-image-pulls`).
     pub fn pull(
         &self,
         reference: &str,
@@ -124,6 +127,7 @@ impl ImageStore {
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
         let selector = selector(reference)?;
         let _lock = WriteLock::acquire(&self.paths.lock)?;
+        let _index_lock = IndexLock::acquire(&self.paths.index_lock)?;
         let mut index = index::load(&self.paths.index)?;
         let names: Vec<String> = index
             .images
@@ -177,7 +181,8 @@ impl ImageStore {
 
     /// Deletes blobs and snapshots no image in `index` needs, and everything in tmp/; returns
     /// the disk space the deleted blobs and snapshots took (image GC reports it).
-    /// Only called with the write lock held, after `index` was saved.
+    /// Only called with the store lock held exclusively and the index lock held, after `index`
+    /// was saved.
     pub(crate) fn sweep(&self, index: &IndexFile) -> Result<u64, ImageError> {
         let mut freed = 0;
         let keep = index.referenced_blobs();
@@ -214,7 +219,8 @@ impl ImageStore {
         Ok(freed)
     }
 
-    /// Empties tmp/: leftovers of crashed writers. Only with the write lock held.
+    /// Empties tmp/: leftovers of crashed writers. Only with the store lock held exclusively and
+    /// the index lock held (index saves stage their file in tmp/).
     pub(crate) fn clear_tmp(&self) -> Result<(), ImageError> {
         let tmp = &self.paths.tmp;
         for entry in fs::read_dir(tmp).map_err(|e| ImageError::io("listing", tmp, e))? {
