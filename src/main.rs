@@ -9,6 +9,7 @@ mod fsutil;
 mod image;
 mod kube;
 mod kubelet;
+mod logging;
 mod runtime;
 mod server;
 

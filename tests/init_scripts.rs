@@ -73,6 +73,8 @@ struct SysV {
     defaults: PathBuf,
     pidfile: PathBuf,
     settings: String,
+    /// Where the agent's log ends up (shown when an action fails).
+    log: PathBuf,
 }
 
 impl SysV {
@@ -100,11 +102,16 @@ impl SysV {
         assert_eq!(
             out.status.code(),
             Some(code),
-            "{:?} S90tinylet {}: stdout {:?}, stderr {:?}",
+            "{:?} S90tinylet {}: stdout {:?}, stderr {:?}\n--- agent log tail:\n{}",
             flavour.shell,
             action,
             stdout,
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            {
+                let log = fs::read_to_string(&self.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            }
         );
         stdout
     }
@@ -187,6 +194,7 @@ fn sysv_script_stops_the_agent_and_not_its_pods() {
             pidfile.display()
         ),
         pidfile,
+        log: node.daemon_log.clone(),
     };
     let _guard = AgentGuard(&sysv);
     let path = std::env::var("PATH").unwrap_or_default();
@@ -394,6 +402,7 @@ fn sysv_start_fails_when_the_agent_exits_at_once() {
             bin(),
             dir.join("tinylet.pid").display()
         ),
+        log: dir.join("tinylet.log"),
     };
     let log = dir.join("tinylet.log");
     sysv.write_defaults(&log.display().to_string());

@@ -254,10 +254,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             )
         })?,
     };
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        .init();
+    crate::logging::init(level);
     for w in config_warnings {
         log::warn!("{}", w);
     }
