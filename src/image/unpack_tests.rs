@@ -9,7 +9,10 @@ use crate::image::digest::sha256_of;
 use crate::image::testutil::{gzip, tar_of, TempDir, E};
 
 fn apply_with(root: &Path, limits: Limits, layers: &[Vec<u8>]) -> Result<(), UnpackError> {
-    let mut u = Unpacker::new(root, limits);
+    apply_to(&mut Unpacker::new(root, limits), layers)
+}
+
+fn apply_to(u: &mut Unpacker, layers: &[Vec<u8>]) -> Result<(), UnpackError> {
     for l in layers {
         let digest = sha256_of(l);
         u.apply_layer(
@@ -232,18 +235,7 @@ fn device_nodes_and_fifos_are_listed_not_created() {
         // A later layer hides one device and puts a file where another was.
         tar_of(&[E::File("dev/.wh.null", b""), E::File("fifo", b"now a file")]),
     ];
-    for l in &layers {
-        let digest = sha256_of(l);
-        u.apply_layer(
-            &l[..],
-            &ExpectedLayer {
-                digest: &digest,
-                size: l.len() as u64,
-                diff_id: None,
-            },
-        )
-        .unwrap();
-    }
+    apply_to(&mut u, &layers).unwrap();
     assert!(fs::symlink_metadata(root.join("dev/null")).is_err());
     assert!(fs::symlink_metadata(root.join("dev/zero")).is_err());
     assert_eq!(fs::read(root.join("fifo")).unwrap(), b"now a file");
