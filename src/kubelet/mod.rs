@@ -8,6 +8,7 @@ pub mod image_gc;
 pub mod image_puller;
 pub mod manifest;
 pub mod pod_worker;
+pub mod prober;
 pub mod static_source;
 pub mod status;
 pub mod store;

@@ -134,6 +134,16 @@ impl Runtime {
         }
     }
 
+    /// Runs a command in the container (exec probes); see `Runc::exec`.
+    pub fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(Option<i32>, String), String> {
+        self.runc.exec(id, argv, timeout)
+    }
+
     /// Sends a signal (by name, e.g. "TERM") to the container's init.
     pub fn signal(&self, id: &str, signal: &str) -> Result<(), String> {
         self.runc.kill(id, signal)

@@ -43,6 +43,51 @@ impl Runc {
         )
     }
 
+    /// `runc exec ID ARGV...` with output captured, killed after `timeout`. Returns the exit code
+    /// (None when it was killed for the timeout) and the first 10 KiB of its output.
+    pub fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(Option<i32>, String), String> {
+        use std::io::Read;
+        let mut child = self
+            .command()
+            .args(["exec", id])
+            .args(argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("runc exec {}: running {}: {}", id, self.binary.display(), e))?;
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => return Err(format!("runc exec {}: {}", id, e)),
+            }
+        };
+        let mut out = String::new();
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut buf = Vec::new();
+            let _ = pipe.take(10 * 1024).read_to_end(&mut buf);
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+        Ok((status.and_then(|s| s.code()), out))
+    }
+
     /// Removes runc's state for the container; "does not exist" is success.
     pub fn delete(&self, id: &str) -> Result<(), String> {
         match self.output(

@@ -20,6 +20,7 @@ use std::time::Duration;
 mod container_spec;
 mod pod_setup;
 mod pod_status;
+mod probes;
 mod terminate;
 mod volumes;
 
@@ -63,6 +64,8 @@ pub struct PodWorker {
     volumes: Option<volumes::PodVolumes>,
     /// The status was handed to the API sync at least once since this worker started.
     status_announced: bool,
+    /// Probe schedules and results, per container.
+    probes: Vec<probes::ContainerProbes>,
 }
 
 fn now() -> f64 {
@@ -131,6 +134,7 @@ impl PodWorker {
             wake,
             volumes: None,
             status_announced: false,
+            probes: (0..n).map(|_| Default::default()).collect(),
         }
     }
 
@@ -252,6 +256,9 @@ impl PodWorker {
             match self.ctx.runtime.observe(&att.id) {
                 Observed::Starting => return,
                 Observed::Running(s) => {
+                    let started_secs = clock::parse_rfc3339(&s.started_at)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or_else(now);
                     if att.started_at.is_none() {
                         log::info!(
                             "pod {}: container {} started (id {})",
@@ -268,12 +275,13 @@ impl PodWorker {
                         );
                         let rec = &mut self.containers[i];
                         rec.current = Some(Attempt {
-                            id: att.id,
+                            id: att.id.clone(),
                             started_at: Some(s.started_at),
                         });
                         rec.waiting = None;
                         self.save(i);
                     }
+                    self.run_probes(i, &att.id, started_secs);
                     return;
                 }
                 // Then fall through: a restart that is due now (the first one, which has no
@@ -468,6 +476,10 @@ impl PodWorker {
             }
         };
         self.ctx.images.mark_used(&image, &who);
+        // A probe tinylet cannot run must not be silently skipped.
+        if let Err(e) = probes::parse_all(&self.pod.object["spec"]["containers"][i]) {
+            return self.wait_and_retry(i, "CreateContainerConfigError", e);
+        }
         if let Err(e) = self.ensure_volumes() {
             self.event(None, "Warning", "FailedMount", e.clone());
             return self.wait_and_retry(i, "ContainerCreating", e);
@@ -625,6 +637,9 @@ impl PodWorker {
             wake = wake.min((self.sandbox_retry_at - now()).max(0.01));
         }
         if let Some(t) = self.volumes.as_ref().and_then(|v| v.refresh_at) {
+            wake = wake.min((t - now()).max(0.01));
+        }
+        if let Some(t) = self.next_probe() {
             wake = wake.min((t - now()).max(0.01));
         }
         Duration::from_secs_f64(wake)

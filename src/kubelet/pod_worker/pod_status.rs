@@ -29,6 +29,7 @@ impl PodWorker {
             state.waiting = Some(rec.waiting.clone().unwrap_or_else(creating));
         }
         let running = state.running.is_some();
+        let (started, ready) = self.probe_state(i);
         ContainerStatus {
             name: c.name.clone(),
             state,
@@ -36,7 +37,7 @@ impl PodWorker {
                 terminated: rec.last_terminated.clone(),
                 ..Default::default()
             },
-            ready: running,
+            ready: running && started && ready,
             restart_count: rec.restart_count,
             image: if rec.image.is_empty() {
                 c.image.clone()
@@ -45,7 +46,7 @@ impl PodWorker {
             },
             image_id: rec.image_id.clone(),
             container_id,
-            started: Some(running),
+            started: Some(running && started),
         }
     }
 
