@@ -2,8 +2,8 @@
 //! `runc exec`), `httpGet` and `tcpSocket`, with their thresholds and timing. The pod worker
 //! owns the schedule (`Prober`); this module says what one probe is and runs one attempt.
 //!
-//! HTTP and TCP probes dial from inside the pod's network namespace (a short-lived thread
-//! `setns`es into it), to the pod's loopback unless `host` says otherwise: the pod needs no
+//! HTTP and TCP probes dial from inside the pod's network namespace (a thread per pod that
+//! `setns`ed into it), to the pod's loopback unless `host` says otherwise: the pod needs no
 //! address reachable from the host for its probes to work.
 
 use serde_json::Value;
@@ -175,8 +175,69 @@ fn named_port(container: &Value, name: &str) -> Option<u16> {
 pub struct Target<'a> {
     pub runtime: &'a crate::runtime::Runtime,
     pub container_id: &'a str,
-    /// The pod's network namespace (None: the host's, for hostNetwork pods).
-    pub netns: Option<&'a Path>,
+    /// A thread in the pod's network namespace (None: the host's, for hostNetwork pods).
+    pub dialer: Option<&'a NetnsDialer>,
+}
+
+type Job = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// A thread that joined a pod's network namespace once and runs HTTP and TCP attempts there for
+/// as long as the pod worker keeps it (a thread per attempt cost ~0.5 ms of CPU each, mostly
+/// creating and unmapping threads). It ends when dropped.
+pub struct NetnsDialer {
+    ns: PathBuf,
+    jobs: std::sync::mpsc::Sender<(Job, std::sync::mpsc::Sender<Result<(), String>>)>,
+}
+
+impl NetnsDialer {
+    pub fn start(ns: &Path) -> Result<NetnsDialer, String> {
+        let (jobs, rx) =
+            std::sync::mpsc::channel::<(Job, std::sync::mpsc::Sender<Result<(), String>>)>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = ns.to_path_buf();
+        std::thread::Builder::new()
+            .name("prober".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let joined = std::fs::File::open(&path)
+                    .map_err(|e| format!("opening network namespace {}: {}", path.display(), e))
+                    .and_then(|f| {
+                        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                            format!("joining network namespace {}: {}", path.display(), e)
+                        })
+                    });
+                let ok = joined.is_ok();
+                let _ = ready_tx.send(joined);
+                if ok {
+                    for (job, reply) in rx {
+                        let _ = reply.send(job());
+                    }
+                }
+            })
+            .map_err(|e| format!("starting a prober thread: {}", e))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "the prober thread ended at once".to_string())??;
+        Ok(NetnsDialer {
+            ns: ns.to_path_buf(),
+            jobs,
+        })
+    }
+
+    /// The namespace it dials from.
+    pub fn netns(&self) -> &Path {
+        &self.ns
+    }
+
+    fn run(&self, job: Job) -> Result<(), String> {
+        let (reply, result) = std::sync::mpsc::channel();
+        self.jobs
+            .send((job, reply))
+            .map_err(|_| "the prober thread is gone".to_string())?;
+        result
+            .recv()
+            .map_err(|_| "the prober thread is gone".to_string())?
+    }
 }
 
 /// One attempt: Ok on success, Err with what the kubelet would show after "probe failed: ".
@@ -202,7 +263,7 @@ pub fn run(probe: &Probe, target: &Target) -> Result<(), String> {
         }
         Action::Tcp { host, port } => {
             let (host, port, timeout) = (host.clone(), *port, probe.timeout);
-            in_netns(target.netns, move || {
+            in_netns(target.dialer, move || {
                 connect(host.as_deref(), port, timeout).map(drop)
             })
         }
@@ -223,7 +284,7 @@ pub fn run(probe: &Probe, target: &Target) -> Result<(), String> {
                 headers.clone(),
                 probe.timeout,
             );
-            in_netns(target.netns, move || {
+            in_netns(target.dialer, move || {
                 http_get(host.as_deref(), port, &path, &headers, timeout)
             })
         }
@@ -296,28 +357,15 @@ fn http_get(
     }
 }
 
-/// Runs `f` on a thread that joined the network namespace at `netns` (the thread ends with it,
-/// so no other thread of the agent ever sees the pod's network).
-fn in_netns<F>(netns: Option<&Path>, f: F) -> Result<(), String>
+/// Runs `f` in the pod's network namespace (through its dialer), or here for the host's.
+fn in_netns<F>(dialer: Option<&NetnsDialer>, f: F) -> Result<(), String>
 where
     F: FnOnce() -> Result<(), String> + Send + 'static,
 {
-    let Some(ns) = netns.map(PathBuf::from) else {
-        return f();
-    };
-    std::thread::Builder::new()
-        .name("probe".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let file = std::fs::File::open(&ns)
-                .map_err(|e| format!("opening network namespace {}: {}", ns.display(), e))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("joining network namespace {}: {}", ns.display(), e))?;
-            f()
-        })
-        .map_err(|e| format!("starting a probe thread: {}", e))?
-        .join()
-        .map_err(|_| "the probe thread panicked".to_string())?
+    match dialer {
+        Some(d) => d.run(Box::new(f)),
+        None => f(),
+    }
 }
 
 #[cfg(test)]

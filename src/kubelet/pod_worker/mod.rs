@@ -66,6 +66,8 @@ pub struct PodWorker {
     status_announced: bool,
     /// Probe schedules and results, per container.
     probes: Vec<probes::ContainerProbes>,
+    /// The thread HTTP and TCP probes dial from, in the pod's network namespace.
+    dialer: Option<crate::kubelet::prober::NetnsDialer>,
 }
 
 fn now() -> f64 {
@@ -135,6 +137,7 @@ impl PodWorker {
             volumes: None,
             status_announced: false,
             probes: (0..n).map(|_| Default::default()).collect(),
+            dialer: None,
         }
     }
 

@@ -85,6 +85,22 @@ impl PodWorker {
             return;
         }
         let netns = self.sandbox.as_ref().and_then(|s| s.net.clone());
+        let dials = self.probes[i]
+            .runners
+            .iter()
+            .any(|r| !matches!(r.probe.action, prober::Action::Exec(_)));
+        if let Some(ns) = netns.as_ref().filter(|_| dials) {
+            let stale = self.dialer.as_ref().is_some_and(|d| d.netns() != ns);
+            if self.dialer.is_none() || stale {
+                self.dialer = match prober::NetnsDialer::start(ns) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        log::warn!("pod {}: probes: {}", self.pod.full_name(), e);
+                        None
+                    }
+                };
+            }
+        }
         let name = self.containers[i].name.clone();
         for r in 0..self.probes[i].runners.len() {
             let (kind, due) = {
@@ -98,10 +114,14 @@ impl PodWorker {
                 continue;
             }
             let probe = self.probes[i].runners[r].probe.clone();
+            let exec = matches!(probe.action, prober::Action::Exec(_));
+            if !exec && netns.is_some() && self.dialer.is_none() {
+                continue; // the namespace cannot be joined: retried at the next sync
+            }
             let target = prober::Target {
                 runtime: &self.ctx.runtime,
                 container_id: id,
-                netns: netns.as_deref(),
+                dialer: self.dialer.as_ref(),
             };
             let result = prober::run(&probe, &target);
             let runner = &mut self.probes[i].runners[r];

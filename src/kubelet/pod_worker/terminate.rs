@@ -10,6 +10,8 @@ impl PodWorker {
             .unwrap_or(30)
             .max(MIN_GRACE_SECS);
         log::info!("pod {}: terminating (grace period {}s)", name, grace);
+        // The probes' thread leaves the pod's network namespace with it.
+        self.dialer = None;
         let rt = &self.ctx.runtime;
         let ids: Vec<String> = self
             .containers
