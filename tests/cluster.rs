@@ -603,3 +603,21 @@ fn a_lease_changed_by_someone_else_is_read_again_and_renewed() {
     assert!(conflicts >= 1, "no 409 was seen: {:?}", api.requests());
     api.assert_no_violations();
 }
+
+#[test]
+fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
+    let api = ApiServer::start();
+    let node = join(&api);
+    let mut pod = api_pod("init", &node, "sleep 3600");
+    pod["spec"]["initContainers"] = json!([{"name": "setup", "image": IMAGE, "command": ["true"]}]);
+    api.create_pod(&pod);
+    let failed = eventually(&node, &api, "the pod Failed with a reason", || {
+        let p = api.pod("default", "init")?;
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(failed["status"]["reason"], "UnsupportedPodSpec");
+    let msg = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("spec.initContainers"), "{}", msg);
+    assert!(node.runc_list().is_empty(), "nothing of it ran");
+    api.assert_no_violations();
+}

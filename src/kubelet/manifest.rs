@@ -187,6 +187,9 @@ fn to_pod(file: &Path, doc: Value, node_name: &str) -> Result<DesiredPod, String
         "spec",
     )?;
     validate(&meta, &spec)?;
+    if let Some(why) = unsupported_fields(&doc) {
+        return Err(why);
+    }
 
     let uid = static_pod_uid(&doc, node_name, file);
     let namespace = if meta.namespace.is_empty() {
@@ -232,6 +235,42 @@ fn static_pod_uid(doc: &Value, node_name: &str, file: &Path) -> String {
     h.update(format!("host:{}", node_name));
     h.update(format!("file:{}", file.display()));
     crate::fsutil::hex(&h.finalize()[..16])
+}
+
+/// Fields that change what a pod means and that tinylet does not implement yet. Such a pod is
+/// refused with this reason rather than run without them (an init container skipped, a preStop
+/// hook not run, variables missing).
+pub fn unsupported_fields(object: &Value) -> Option<String> {
+    let spec = &object["spec"];
+    if spec["initContainers"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Some(
+            "spec.initContainers: init and sidecar containers are not supported by tinylet yet"
+                .into(),
+        );
+    }
+    for (i, c) in spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if c["lifecycle"].as_object().is_some_and(|l| !l.is_empty()) {
+            return Some(format!(
+                "spec.containers[{}].lifecycle: postStart and preStop hooks are not supported by tinylet yet",
+                i
+            ));
+        }
+        if c["envFrom"].as_array().is_some_and(|a| !a.is_empty()) {
+            return Some(format!(
+                "spec.containers[{}].envFrom: not supported by tinylet yet",
+                i
+            ));
+        }
+    }
+    None
 }
 
 fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
@@ -434,6 +473,39 @@ mod tests {
         // The source file is part of the identity.
         let other = parse_manifest(Path::new("/x/other.yaml"), GOOD, "node1");
         assert_ne!(other[0].as_ref().unwrap().uid, pod.uid);
+    }
+
+    #[test]
+    fn meaning_changing_fields_tinylet_lacks_are_refused() {
+        for (extra, want) in [
+            (
+                "  initContainers:\n  - {name: i, image: busybox}\n",
+                "spec.initContainers",
+            ),
+            (
+                "    lifecycle: {preStop: {exec: {command: [x]}}}\n",
+                "spec.containers[0].lifecycle",
+            ),
+            (
+                "    envFrom: [{configMapRef: {name: x}}]\n",
+                "spec.containers[0].envFrom",
+            ),
+        ] {
+            let text = format!("{}{}", GOOD, extra);
+            let err = parse(&text).remove(0).unwrap_err();
+            assert!(err.message.contains(want), "{}", err);
+            assert!(
+                err.message.contains("not supported by tinylet yet"),
+                "{}",
+                err
+            );
+        }
+        // Empty lists and maps change nothing.
+        let text = format!(
+            "{}    envFrom: []\n    lifecycle: {{}}\n  initContainers: []\n",
+            GOOD
+        );
+        assert!(parse(&text)[0].is_ok());
     }
 
     #[test]

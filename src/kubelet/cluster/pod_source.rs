@@ -219,7 +219,11 @@ impl PodSource {
         if let Some(o) = object.as_object_mut() {
             o.remove("status");
         }
-        match DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)) {
+        let parsed = match crate::kubelet::manifest::unsupported_fields(&object) {
+            Some(why) => Err(why),
+            None => DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)),
+        };
+        match parsed {
             Ok(p) => {
                 self.pods.insert(uid, p);
             }
