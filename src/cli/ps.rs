@@ -10,7 +10,7 @@ pub fn pod_list(root: &Path) -> Value {
     let items: Vec<Value> = store::list_pods(root)
         .into_iter()
         .map(|p| {
-            let mut obj = p.record.object;
+            let mut obj = std::sync::Arc::unwrap_or_clone(p.record.object);
             if let Some(st) = p.status {
                 obj["status"] = serde_json::to_value(st).unwrap_or(Value::Null);
             }

@@ -210,7 +210,7 @@ mod tests {
             .collect();
         let rec = PodRecord {
             version: VERSION,
-            object: json!({"metadata": {"name": uid}, "spec": {"containers": containers}}),
+            object: json!({"metadata": {"name": uid}, "spec": {"containers": containers}}).into(),
             source: PathBuf::from("/m.yaml"),
             start_time: None,
         };

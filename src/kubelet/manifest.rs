@@ -18,8 +18,9 @@ pub struct DesiredPod {
     pub namespace: String,
     pub spec: PodSpec,
     pub meta: ObjectMeta,
-    /// The whole object, defaulted, as `ps -o json` prints it (unknown fields kept).
-    pub object: Value,
+    /// The whole object, defaulted, as `ps -o json` prints it (unknown fields kept). Shared:
+    /// the source, the supervisor and the pod's worker hold the same one.
+    pub object: std::sync::Arc<Value>,
     pub source: PathBuf,
 }
 
@@ -44,7 +45,11 @@ impl DesiredPod {
     }
 
     /// Rebuilds a pod from the object the agent stored for it (already named and defaulted).
-    pub fn from_stored(object: Value, source: PathBuf) -> Result<DesiredPod, String> {
+    pub fn from_stored(
+        object: impl Into<std::sync::Arc<Value>>,
+        source: PathBuf,
+    ) -> Result<DesiredPod, String> {
+        let object = object.into();
         let meta: ObjectMeta = typed(
             object.get("metadata").cloned().unwrap_or(json!({})),
             "metadata",
@@ -209,7 +214,7 @@ fn to_pod(file: &Path, doc: Value, node_name: &str) -> Result<DesiredPod, String
         namespace,
         spec,
         meta,
-        object,
+        object: object.into(),
         source: file.to_path_buf(),
     })
 }

@@ -17,7 +17,9 @@ pub const VERSION: u32 = 1;
 #[serde(rename_all = "camelCase")]
 pub struct PodRecord {
     pub version: u32,
-    pub object: serde_json::Value,
+    /// Shared with the pod's `DesiredPod` (serde's `rc` feature writes and reads it as a plain
+    /// object).
+    pub object: std::sync::Arc<serde_json::Value>,
     pub source: PathBuf,
     #[serde(default)]
     pub start_time: Option<String>,

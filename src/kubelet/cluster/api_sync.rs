@@ -482,7 +482,7 @@ fn delete_pod(client: &ApiClient, pod: &Value) -> Result<(), ApiError> {
 /// The mirror pod of a static pod: its metadata and spec, the mirror annotation (the static
 /// pod's hash) and the Node as owner.
 fn mirror_pod(pod: &DesiredPod, node_name: &str, node_uid: &str) -> Value {
-    let mut m = pod.object.clone();
+    let mut m = (*pod.object).clone();
     if let Some(o) = m.as_object_mut() {
         o.remove("status");
     }
