@@ -1,9 +1,11 @@
 //! The API pod source, as the kubelet's `config/apiserver.go` reflector: LIST the pods bound to
 //! this node, then WATCH from the list's resourceVersion with bookmarks, reading the stream
-//! synchronously. A 410 (expired resourceVersion, as an HTTP status or an ERROR event) means
-//! LIST again; any other failure means watch again from the last resourceVersion seen, after a
-//! back-off of 800 ms doubling to 30 s. In steady state the only request is one long watch,
-//! renewed every 5–10 minutes.
+//! synchronously. A watch the server ends cleanly (its timeoutSeconds) is opened again from the
+//! last resourceVersion seen; a 410 (expired resourceVersion, as an HTTP status or an ERROR
+//! event) or a broken connection means LIST again (after an outage, one fresh LIST reconciles
+//! everything that changed), after a back-off of 800 ms doubling to 30 s. In steady state the
+//! only request is one long watch, renewed every 5–10 minutes. While the API server cannot be
+//! reached, the pods on disk keep running (see offline.rs).
 
 use super::api_sync;
 use super::{RetryDelay, Settings, API_SOURCE};
