@@ -12,6 +12,7 @@ mod kubelet;
 mod logging;
 mod runtime;
 mod server;
+mod tls;
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();

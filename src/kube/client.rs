@@ -390,8 +390,8 @@ fn build_agent(
 ) -> Result<Agent, String> {
     let roots = match &conn.ca_pem {
         Some(pem) => {
-            let certs =
-                pem_certificates(pem).map_err(|e| format!("certificate-authority: {}", e))?;
+            let certs = crate::tls::pem_certificates(pem)
+                .map_err(|e| format!("certificate-authority: {}", e))?;
             if certs.is_empty() {
                 return Err("certificate-authority: no PEM certificates in it".into());
             }
@@ -403,7 +403,8 @@ fn build_agent(
         .root_certs(roots)
         .disable_verification(conn.insecure_skip_tls_verify);
     if let (Some(cert), Some(key)) = (cert_pem, key_pem) {
-        let chain = pem_certificates(cert).map_err(|e| format!("client certificate: {}", e))?;
+        let chain =
+            crate::tls::pem_certificates(cert).map_err(|e| format!("client certificate: {}", e))?;
         if chain.is_empty() {
             return Err("client certificate: no PEM certificate in it".into());
         }
@@ -435,18 +436,6 @@ fn build_agent(
         None => NameResolver::default(),
     };
     Ok(Agent::with_parts(config, DefaultConnector::new(), resolver))
-}
-
-fn pem_certificates(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
-    let mut out = Vec::new();
-    for item in ureq::tls::parse_pem(pem) {
-        match item {
-            Ok(PemItem::Certificate(c)) => out.push(c.to_owned()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(out)
 }
 
 /// Resolves `alias` (the tls-server-name) to the real server host's addresses.

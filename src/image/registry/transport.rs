@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ureq::http::Response;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::{Agent, Body};
 
 use crate::image::ImageError;
@@ -146,21 +146,13 @@ fn agent(roots: RootCerts) -> Agent {
 fn read_pem_certs(path: &Path) -> Result<Vec<Certificate<'static>>, ImageError> {
     let bytes =
         std::fs::read(path).map_err(|e| ImageError::io("reading CA certificates from", path, e))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&bytes) {
-        match item {
-            Ok(PemItem::Certificate(c)) => certs.push(c.to_owned()),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(ImageError::io(
-                    "parsing CA certificates in",
-                    path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-                ))
-            }
-        }
-    }
-    Ok(certs)
+    crate::tls::pem_certificates(&bytes).map_err(|e| {
+        ImageError::io(
+            "parsing CA certificates in",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })
 }
 
 /// The authority of an http(s) URL ("host:port"), for per-host memory.
