@@ -42,22 +42,10 @@ fn join_through(api: &ApiServer, relay: &Relay, extra: &[&str]) -> Node {
     node
 }
 
-fn eventually<T>(node: &Node, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out ({:?}) waiting for {}\n--- tinylet:\n{}",
-                within,
-                what,
-                node.daemon_log_tail(40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually<T>(node: &Node, what: &str, within: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(within, what, f, || {
+        format!("--- tinylet:\n{}", node.daemon_log_tail(40))
+    })
 }
 
 fn api_pod(name: &str, node: &Node, script: &str) -> Value {

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::apiserver::{ApiServer, KubeconfigUser};
 use support::*;
 
@@ -45,22 +45,14 @@ fn join_with(api: &ApiServer, extra: &[String]) -> Node {
 }
 
 /// Polls `f` until it returns Some, for up to `WAIT`; panics with `what` and the logs.
-fn eventually<T>(node: &Node, api: &ApiServer, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {}\n--- tinylet:\n{}\n--- apiserver:\n{}",
-                what,
-                node.daemon_log_tail(40),
-                api.log_tail(30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually<T>(node: &Node, api: &ApiServer, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(WAIT, what, f, || {
+        format!(
+            "--- tinylet:\n{}\n--- apiserver:\n{}",
+            node.daemon_log_tail(40),
+            api.log_tail(30)
+        )
+    })
 }
 
 fn api_pod(name: &str, node: &Node, script: &str) -> Value {

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -123,6 +123,41 @@ fn assert_blobs_verified(root: &Path) -> Vec<String> {
     names
 }
 
+/// `tinylet image pull REFERENCE` in the background, output discarded.
+fn spawn_pull(root: &Path, reference: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tinylet"))
+        .args(["image", "pull", reference, "--root-dir"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until a temporary blob of `pull` holds at least `min_len` bytes, and
+/// returns its path; panics if the pull ends first.
+fn wait_for_partial_blob(root: &Path, pull: &mut Child, min_len: u64) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let growing = tmp_entries(root).into_iter().find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("blob"))
+                && fs::metadata(p).is_ok_and(|m| m.len() >= min_len)
+        });
+        if let Some(p) = growing {
+            return p;
+        }
+        if let Some(status) = pull.try_wait().unwrap() {
+            panic!("the pull ended ({status}) before a temp blob reached {min_len} bytes");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no temp blob of {min_len} bytes appeared"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn tmp_entries(root: &Path) -> Vec<PathBuf> {
     match fs::read_dir(root.join("images/tmp")) {
         Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
@@ -145,30 +180,9 @@ fn sigkill_mid_download_leaves_nothing_trusted_and_next_pull_recovers() {
     fs::create_dir_all(&root).unwrap();
 
     // First pull: kill -9 once the layer's temp file has grown past 1 MiB.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tinylet"))
-        .args(["image", "pull", &reference, "--root-dir"])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let partial = loop {
-        let growing = tmp_entries(&root).into_iter().find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("blob"))
-                && fs::metadata(p).is_ok_and(|m| m.len() >= 1 << 20)
-        });
-        if let Some(p) = growing {
-            child.kill().unwrap(); // SIGKILL
-            break p;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the pull ended ({status}) before it could be killed mid-download");
-        }
-        assert!(Instant::now() < deadline, "no growing temp blob appeared");
-        thread::sleep(Duration::from_millis(5));
-    };
+    let mut child = spawn_pull(&root, &reference);
+    let partial = wait_for_partial_blob(&root, &mut child, 1 << 20);
+    child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let partial_len = fs::metadata(&partial).map_or(0, |m| m.len());
     assert!(
@@ -250,35 +264,9 @@ fn a_pull_does_not_wait_for_another_one() {
     let _ = fs::remove_dir_all(&dir);
     let root = dir.join("root");
     fs::create_dir_all(&root).unwrap();
-    let mut big = Command::new(env!("CARGO_BIN_EXE_tinylet"))
-        .args([
-            "image",
-            "pull",
-            &format!("127.0.0.1:{slow}/test/big:1"),
-            "--root-dir",
-        ])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut big = spawn_pull(&root, &format!("127.0.0.1:{slow}/test/big:1"));
     // The big pull is downloading (it holds the store lock from here until it ends).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !tmp_entries(&root).iter().any(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("blob"))
-            && fs::metadata(p).is_ok_and(|m| m.len() > 0)
-    }) {
-        assert!(
-            big.try_wait().unwrap().is_none(),
-            "the big pull ended too soon"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the big pull never started downloading"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_partial_blob(&root, &mut big, 1);
     let out = tinylet(
         &root,
         &["image", "pull", &format!("127.0.0.1:{fast}/test/small:1")],

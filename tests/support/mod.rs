@@ -60,6 +60,31 @@ pub fn image_layout() -> &'static Path {
     })
 }
 
+/// Polls `f` every 50 ms until it is ready; after `timeout`, panics naming `what`, followed by
+/// `context()` (logs worth reading).
+pub fn poll_until<R: Ready>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> R,
+    context: impl Fn() -> String,
+) -> R::Out {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().ready() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {:?} waiting for {}\n{}",
+                timeout,
+                what,
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A value `wait_for` can poll: `true`, or `Some(value)`, means done.
 pub trait Ready {
     type Out;
