@@ -20,6 +20,10 @@ pub fn pod_list(root: &Path) -> Value {
     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 }
 
+fn is_init(st: &PodStatus, name: &str) -> bool {
+    st.init_container_statuses.iter().any(|c| c.name == name)
+}
+
 pub fn table(root: &Path, now_secs: u64) -> String {
     let mut rows = vec![["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
         .map(String::from)
@@ -27,12 +31,25 @@ pub fn table(root: &Path, now_secs: u64) -> String {
     for p in store::list_pods(root) {
         let meta = &p.record.object["metadata"];
         let st: PodStatus = p.status.unwrap_or_default();
+        // As kubectl counts: app containers and sidecars.
+        let sidecars = status::sidecar_names(&p.record.object);
         let total = p.record.object["spec"]["containers"]
             .as_array()
             .map(|a| a.len())
-            .unwrap_or(0);
-        let ready = st.container_statuses.iter().filter(|c| c.ready).count();
-        let restarts: u32 = st.container_statuses.iter().map(|c| c.restart_count).sum();
+            .unwrap_or(0)
+            + sidecars.len();
+        let ready = st
+            .container_statuses
+            .iter()
+            .chain(&st.init_container_statuses)
+            .filter(|c| c.ready && (sidecars.contains(&c.name) || !is_init(&st, &c.name)))
+            .count();
+        let restarts: u32 = st
+            .container_statuses
+            .iter()
+            .chain(&st.init_container_statuses)
+            .map(|c| c.restart_count)
+            .sum();
         let age = st
             .start_time
             .as_deref()
@@ -46,7 +63,7 @@ pub fn table(root: &Path, now_secs: u64) -> String {
             if st.phase.is_empty() {
                 "Pending".into()
             } else {
-                status::display_reason(&st)
+                status::display_reason(&st, &sidecars)
             },
             restarts.to_string(),
             age,

@@ -41,6 +41,26 @@ pub struct PodSpec {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub service_account_name: Option<String>,
+    /// Run to completion in order before `containers`; those with `restartPolicy: Always` are
+    /// sidecars that keep running beside them.
+    #[serde(default)]
+    pub init_containers: Vec<Container>,
+    #[serde(default)]
+    pub active_deadline_seconds: Option<i64>,
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    #[serde(default, rename = "setHostnameAsFQDN")]
+    pub set_hostname_as_fqdn: Option<bool>,
+    #[serde(default)]
+    pub host_aliases: Vec<HostAlias>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostAlias {
+    pub ip: String,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
 }
 
 /// A pod volume: its name and its source, kept as JSON (`emptyDir`, `projected`, ...).
@@ -84,6 +104,13 @@ pub struct Container {
     pub security_context: Option<SecurityContext>,
     #[serde(default)]
     pub volume_mounts: Vec<VolumeMount>,
+    /// Only on init containers: `Always` makes it a sidecar.
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+    #[serde(default)]
+    pub termination_message_path: Option<String>,
+    #[serde(default)]
+    pub termination_message_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -168,6 +195,8 @@ pub struct PodStatus {
     pub pod_ips: Vec<IpEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -213,6 +213,7 @@ mod tests {
             object: json!({"metadata": {"name": uid}, "spec": {"containers": containers}}).into(),
             source: PathBuf::from("/m.yaml"),
             start_time: None,
+            initialized: false,
         };
         store::save_pod(&dir, &rec).unwrap();
         dir

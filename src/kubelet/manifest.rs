@@ -192,6 +192,7 @@ fn to_pod(file: &Path, doc: Value, node_name: &str) -> Result<DesiredPod, String
         "spec",
     )?;
     validate(&meta, &spec)?;
+    validate_init_containers(&doc)?;
     if let Some(why) = unsupported_fields(&doc) {
         return Err(why);
     }
@@ -243,31 +244,16 @@ fn static_pod_uid(doc: &Value, node_name: &str, file: &Path) -> String {
 }
 
 /// Fields that change what a pod means and that tinylet does not implement yet. Such a pod is
-/// refused with this reason rather than run without them (an init container skipped, a preStop
-/// hook not run, variables missing).
+/// refused with this reason rather than run without them (a volume not mounted, variables
+/// missing).
 pub fn unsupported_fields(object: &Value) -> Option<String> {
     let spec = &object["spec"];
-    if spec["initContainers"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Some(
-            "spec.initContainers: init and sidecar containers are not supported by tinylet yet"
-                .into(),
-        );
-    }
     for (i, c) in spec["containers"]
         .as_array()
         .into_iter()
         .flatten()
         .enumerate()
     {
-        if c["lifecycle"].as_object().is_some_and(|l| !l.is_empty()) {
-            return Some(format!(
-                "spec.containers[{}].lifecycle: postStart and preStop hooks are not supported by tinylet yet",
-                i
-            ));
-        }
         if c["envFrom"].as_array().is_some_and(|a| !a.is_empty()) {
             return Some(format!(
                 "spec.containers[{}].envFrom: not supported by tinylet yet",
@@ -276,6 +262,47 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// The API server's rules for init containers: only sidecars (`restartPolicy: Always`) may
+/// have probes or lifecycle hooks, since the others must run to completion.
+fn validate_init_containers(doc: &Value) -> Result<(), String> {
+    let spec = &doc["spec"];
+    for (i, c) in spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let sidecar = c["restartPolicy"] == "Always";
+        for f in [
+            "lifecycle",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+        ] {
+            if !sidecar && !c[f].is_null() {
+                return Err(format!(
+                    "spec.initContainers[{}].{}: Forbidden: may not be set for init containers without restartPolicy=Always",
+                    i, f
+                ));
+            }
+        }
+    }
+    for (i, c) in spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if !c["restartPolicy"].is_null() {
+            return Err(format!(
+                "spec.containers[{}].restartPolicy: Forbidden: may not be set for non-init containers",
+                i
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
@@ -305,8 +332,26 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
         return Err("spec.terminationGracePeriodSeconds: Invalid value: must be >= 0".into());
     }
     let mut seen = std::collections::BTreeSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let field = format!("spec.containers[{}]", i);
+    let all = spec
+        .init_containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("spec.initContainers[{}]", i), c, true))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("spec.containers[{}]", i), c, false)),
+        );
+    for (field, c, init) in all {
+        if let Some(p) = c.restart_policy.as_deref().filter(|_| init) {
+            if p != "Always" {
+                return Err(format!(
+                    "{}.restartPolicy: Unsupported value: {:?}: supported values: \"Always\"",
+                    field, p
+                ));
+            }
+        }
         if c.name.is_empty() {
             return Err(format!("{}.name: Required value", field));
         }
@@ -413,7 +458,10 @@ fn apply_defaults(object: &mut Value, name: &str, namespace: &str, uid: &str, no
             t.push(ours);
         }
     }
-    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
         for c in containers.iter_mut().filter_map(Value::as_object_mut) {
             let image = c
                 .get("image")
@@ -482,20 +530,10 @@ mod tests {
 
     #[test]
     fn meaning_changing_fields_tinylet_lacks_are_refused() {
-        for (extra, want) in [
-            (
-                "  initContainers:\n  - {name: i, image: busybox}\n",
-                "spec.initContainers",
-            ),
-            (
-                "    lifecycle: {preStop: {exec: {command: [x]}}}\n",
-                "spec.containers[0].lifecycle",
-            ),
-            (
-                "    envFrom: [{configMapRef: {name: x}}]\n",
-                "spec.containers[0].envFrom",
-            ),
-        ] {
+        for (extra, want) in [(
+            "    envFrom: [{configMapRef: {name: x}}]\n",
+            "spec.containers[0].envFrom",
+        )] {
             let text = format!("{}{}", GOOD, extra);
             let err = parse(&text).remove(0).unwrap_err();
             assert!(err.message.contains(want), "{}", err);

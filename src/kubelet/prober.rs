@@ -71,6 +71,27 @@ pub fn parse(container: &Value, kind: Kind) -> Result<Option<Probe>, String> {
     }
     let field = kind.field();
     let secs = |k: &str, default: u64| p[k].as_u64().unwrap_or(default);
+    let action = parse_action(p, container, field)?;
+    let success_threshold = secs("successThreshold", 1).max(1) as u32;
+    if kind != Kind::Readiness && success_threshold != 1 {
+        return Err(format!(
+            "{}.successThreshold: Invalid value: must be 1",
+            field
+        ));
+    }
+    Ok(Some(Probe {
+        action,
+        initial_delay: Duration::from_secs(secs("initialDelaySeconds", 0)),
+        period: Duration::from_secs(secs("periodSeconds", 10).max(1)),
+        timeout: Duration::from_secs(secs("timeoutSeconds", 1).max(1)),
+        success_threshold,
+        failure_threshold: secs("failureThreshold", 3).max(1) as u32,
+    }))
+}
+
+/// The handler of a probe or lifecycle hook (`exec`, `httpGet`, `tcpSocket`) at `p`, `field` naming
+/// it in errors; named ports are looked up in `container`.
+pub fn parse_action(p: &Value, container: &Value, field: &str) -> Result<Action, String> {
     let port_of = |h: &Value| -> Result<u16, String> {
         match &h["port"] {
             Value::Number(n) => n
@@ -145,21 +166,7 @@ pub fn parse(container: &Value, kind: Kind) -> Result<Option<Probe>, String> {
             field
         ));
     };
-    let success_threshold = secs("successThreshold", 1).max(1) as u32;
-    if kind != Kind::Readiness && success_threshold != 1 {
-        return Err(format!(
-            "{}.successThreshold: Invalid value: must be 1",
-            field
-        ));
-    }
-    Ok(Some(Probe {
-        action,
-        initial_delay: Duration::from_secs(secs("initialDelaySeconds", 0)),
-        period: Duration::from_secs(secs("periodSeconds", 10).max(1)),
-        timeout: Duration::from_secs(secs("timeoutSeconds", 1).max(1)),
-        success_threshold,
-        failure_threshold: secs("failureThreshold", 3).max(1) as u32,
-    }))
+    Ok(action)
 }
 
 fn named_port(container: &Value, name: &str) -> Option<u16> {

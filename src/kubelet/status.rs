@@ -91,20 +91,32 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// The five pod conditions. `previous` keeps lastTransitionTime stable while a condition holds.
+/// Where the pod's init containers are.
+#[derive(Debug, Clone, Default)]
+pub struct InitProgress {
+    /// Init containers not completed yet (sidecars: not started yet); empty once initialized.
+    pub incomplete: Vec<String>,
+    /// Sidecars: their readiness counts for the pod's.
+    pub sidecars: Vec<String>,
+}
+
+/// The five pod conditions. `statuses` holds app and init containers' statuses; `previous`
+/// keeps lastTransitionTime stable while a condition holds.
 pub fn conditions(
     spec: &PodSpec,
     statuses: &[ContainerStatus],
+    init: &InitProgress,
     phase: &str,
     sandbox_ready: bool,
     previous: &[PodCondition],
     now: &str,
 ) -> Vec<PodCondition> {
-    let unready: Vec<&str> = spec
-        .containers
+    let unready: Vec<&str> = init
+        .sidecars
         .iter()
-        .filter(|c| !statuses.iter().any(|s| s.name == c.name && s.ready))
-        .map(|c| c.name.as_str())
+        .map(String::as_str)
+        .chain(spec.containers.iter().map(|c| c.name.as_str()))
+        .filter(|name| !statuses.iter().any(|s| s.name == *name && s.ready))
         .collect();
     let ready_reason = |completed: bool| {
         if completed {
@@ -143,12 +155,22 @@ pub fn conditions(
         sandbox_ready && !completed,
         (None, None),
     );
-    let initialized_reason = if completed {
-        (Some("PodCompleted".to_string()), None)
+    if init.incomplete.is_empty() {
+        let reason = completed.then(|| "PodCompleted".to_string());
+        push("Initialized", true, (reason, None));
     } else {
-        (None, None)
-    };
-    push("Initialized", true, initialized_reason);
+        push(
+            "Initialized",
+            false,
+            (
+                Some("ContainersNotInitialized".into()),
+                Some(format!(
+                    "containers with incomplete status: [{}]",
+                    init.incomplete.join(" ")
+                )),
+            ),
+        );
+    }
     push("Ready", unready.is_empty(), ready_reason(completed));
     push(
         "ContainersReady",
@@ -159,12 +181,47 @@ pub fn conditions(
     out
 }
 
-/// What `kubectl get pods` shows in its STATUS column.
-pub fn display_reason(status: &PodStatus) -> String {
+/// The names of a pod object's sidecars (init containers with `restartPolicy: Always`).
+pub fn sidecar_names(pod: &serde_json::Value) -> Vec<String> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// What `kubectl get pods` shows in its STATUS column (`sidecars`: the init containers that
+/// are sidecars, as kubectl reads them from the spec).
+pub fn display_reason(status: &PodStatus, sidecars: &[String]) -> String {
     let mut reason = status
         .reason
         .clone()
         .unwrap_or_else(|| status.phase.clone());
+    let total = status.init_container_statuses.len();
+    for (i, c) in status.init_container_statuses.iter().enumerate() {
+        let sidecar = sidecars.contains(&c.name);
+        if let Some(t) = &c.state.terminated {
+            // Sidecars end after the app containers, whatever their exit code.
+            if t.exit_code == 0 || sidecar {
+                continue;
+            }
+            let why = match (&t.reason, t.signal) {
+                (Some(r), _) if !r.is_empty() => r.clone(),
+                (_, Some(sig)) if sig != 0 => format!("Signal:{}", sig),
+                _ => format!("ExitCode:{}", t.exit_code),
+            };
+            return format!("Init:{}", why);
+        }
+        if sidecar && c.started == Some(true) {
+            continue;
+        }
+        return match c.state.waiting.as_ref().and_then(|w| w.reason.as_deref()) {
+            Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{}", r),
+            _ => format!("Init:{}/{}", i, total),
+        };
+    }
     for c in status.container_statuses.iter().rev() {
         if let Some(r) = c.state.waiting.as_ref().and_then(|w| w.reason.clone()) {
             if !r.is_empty() {
@@ -320,6 +377,7 @@ mod tests {
         let c1 = conditions(
             &s,
             &[running("a"), creating("b")],
+            &InitProgress::default(),
             "Pending",
             true,
             &[],
@@ -334,6 +392,7 @@ mod tests {
         let c2 = conditions(
             &s,
             &[running("a"), running("b")],
+            &InitProgress::default(),
             "Running",
             true,
             &c1,
@@ -363,12 +422,12 @@ mod tests {
             container_statuses: vec![running("a"), backoff("b")],
             ..Default::default()
         };
-        assert_eq!(display_reason(&st), "CrashLoopBackOff");
+        assert_eq!(display_reason(&st, &[]), "CrashLoopBackOff");
         let st = PodStatus {
             phase: "Succeeded".into(),
             container_statuses: vec![exited("a", 0)],
             ..Default::default()
         };
-        assert_eq!(display_reason(&st), "ExitCode:0");
+        assert_eq!(display_reason(&st, &[]), "ExitCode:0");
     }
 }

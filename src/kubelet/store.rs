@@ -23,6 +23,10 @@ pub struct PodRecord {
     pub source: PathBuf,
     #[serde(default)]
     pub start_time: Option<String>,
+    /// Every init container completed (and every sidecar started) once: the app containers
+    /// run from then on, whatever the sidecars do later.
+    #[serde(default)]
+    pub initialized: bool,
 }
 
 /// One running (or most recent) container of a pod container slot.

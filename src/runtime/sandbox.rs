@@ -42,6 +42,11 @@ impl PendingSandbox {
         &self.sandbox
     }
 
+    /// The namespaces are being made anew (not an existing sandbox adopted).
+    pub fn is_new(&self) -> bool {
+        self.namespaces.is_some()
+    }
+
     /// Blocks until the namespaces are pinned; the sandbox is usable once this returns Ok.
     pub fn wait(self) -> io::Result<Sandbox> {
         if let Some(t) = self.namespaces {

@@ -59,7 +59,8 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.hostname();
-        let binds = self.binds(c)?;
+        let mut binds = self.binds(c)?;
+        binds.extend(self.termination_log_bind(c)?);
         let input = spec::SpecInput {
             container: c,
             args,

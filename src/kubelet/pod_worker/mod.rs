@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod container_spec;
+mod init_containers;
+mod lifecycle;
 mod pod_setup;
 mod pod_status;
 mod probes;
@@ -42,6 +44,14 @@ const MIN_GRACE_SECS: i64 = 2;
 pub struct PodWorker {
     ctx: Arc<Context>,
     pod: DesiredPod,
+    /// Every container slot: the init containers (sidecars among them) in order, then the app
+    /// containers. `containers`, `retry`, `probes`... are indexed the same way.
+    specs: Vec<Container>,
+    n_init: usize,
+    /// Sidecars being stopped because the app containers are done: SIGKILL at this time.
+    sidecar_kill_at: Option<f64>,
+    /// activeDeadlineSeconds passed and the containers were told to stop: SIGKILL at this time.
+    deadline_kill_at: Option<f64>,
     dir: PathBuf,
     record: PodRecord,
     containers: Vec<ContainerRecord>,
@@ -93,6 +103,7 @@ impl PodWorker {
                 object: pod.object.clone(),
                 source: pod.source.clone(),
                 start_time: None,
+                initialized: false,
             },
             Err(e) => {
                 log::error!("pod {}: {}; starting it afresh", pod.full_name(), e);
@@ -101,12 +112,19 @@ impl PodWorker {
                     object: pod.object.clone(),
                     source: pod.source.clone(),
                     start_time: None,
+                    initialized: false,
                 }
             }
         };
-        let containers: Vec<ContainerRecord> = pod
+        let specs: Vec<Container> = pod
             .spec
-            .containers
+            .init_containers
+            .iter()
+            .chain(&pod.spec.containers)
+            .cloned()
+            .collect();
+        let n_init = pod.spec.init_containers.len();
+        let containers: Vec<ContainerRecord> = specs
             .iter()
             .map(|c| {
                 store::load_container(&dir, &c.name).unwrap_or_else(|| ContainerRecord {
@@ -121,6 +139,10 @@ impl PodWorker {
         PodWorker {
             ctx,
             pod,
+            specs,
+            n_init,
+            sidecar_kill_at: None,
+            deadline_kill_at: None,
             dir,
             record,
             containers,
@@ -224,9 +246,12 @@ impl PodWorker {
             }
         }
         if self.sandbox.is_some() || self.pending_sandbox.is_some() {
-            for i in 0..self.containers.len() {
-                self.sync_container(i);
+            let deadline = self.enforce_deadline();
+            let initialized = self.sync_init_containers(!deadline);
+            for i in self.n_init..self.containers.len() {
+                self.sync_container(i, initialized && !deadline);
             }
+            self.stop_sidecars_when_done();
         }
         // No container needed it this time (image missing, back-off): finish it anyway.
         self.finish_sandbox();
@@ -254,7 +279,9 @@ impl PodWorker {
         }
     }
 
-    fn sync_container(&mut self, i: usize) {
+    /// Looks at container slot `i`: records a start or an exit, runs its probes, and when
+    /// `may_start` starts it (again) if its restart policy and back-off allow.
+    fn sync_container(&mut self, i: usize, may_start: bool) {
         if let Some(att) = self.containers[i].current.clone() {
             match self.ctx.runtime.observe(&att.id) {
                 Observed::Starting => return,
@@ -263,6 +290,10 @@ impl PodWorker {
                         .map(|d| d.as_secs_f64())
                         .unwrap_or_else(now);
                     if att.started_at.is_none() {
+                        // Not Running until its postStart hook returned, as the kubelet's.
+                        if !self.post_start(i, &att.id) {
+                            return;
+                        }
                         log::info!(
                             "pod {}: container {} started (id {})",
                             self.pod.full_name(),
@@ -295,7 +326,7 @@ impl PodWorker {
         }
         self.show_pull_back_off(i);
         let rec = &self.containers[i];
-        if rec.final_state.is_some() || rec.not_before.is_some_and(|t| now() < t) {
+        if !may_start || rec.final_state.is_some() || rec.not_before.is_some_and(|t| now() < t) {
             return;
         }
         self.start_container(i);
@@ -319,7 +350,10 @@ impl PodWorker {
                     }
                     .into(),
                 ),
-                message: e.start_error.clone(),
+                message: e
+                    .start_error
+                    .clone()
+                    .or_else(|| self.termination_message(i, e.exit_code)),
                 started_at: att.started_at.clone().or_else(|| Some(e.finished_at.clone())),
                 finished_at: Some(e.finished_at.clone()),
                 container_id: Some(format!("runc://{}", att.id)),
@@ -355,8 +389,7 @@ impl PodWorker {
                 e
             );
         }
-        let policy = self.pod.spec.restart_policy.as_deref().unwrap_or("Always");
-        let restart = policy == "Always" || (policy == "OnFailure" && term.exit_code != 0);
+        let restart = self.restarts_after(i, term.exit_code);
         let backoff_policy = self.ctx.backoff;
         let label = format!(
             "container={} pod={}_{}({})",
@@ -437,7 +470,7 @@ impl PodWorker {
 
     fn start_container(&mut self, i: usize) {
         let t0 = std::time::Instant::now();
-        let c = self.pod.spec.containers[i].clone();
+        let c = self.specs[i].clone();
         let pull_policy = c
             .image_pull_policy
             .clone()
@@ -480,8 +513,13 @@ impl PodWorker {
         };
         self.ctx.images.mark_used(&image, &who);
         // A probe tinylet cannot run must not be silently skipped.
-        if let Err(e) = probes::parse_all(&self.pod.object["spec"]["containers"][i]) {
+        if let Err(e) = probes::parse_all(self.container_json(i)) {
             return self.wait_and_retry(i, "CreateContainerConfigError", e);
+        }
+        for which in ["postStart", "preStop"] {
+            if let Err(e) = lifecycle::parse_hook(self.container_json(i), which) {
+                return self.wait_and_retry(i, "CreateContainerConfigError", e);
+            }
         }
         if let Err(e) = self.ensure_volumes() {
             self.event(None, "Warning", "FailedMount", e.clone());
@@ -514,15 +552,7 @@ impl PodWorker {
                 )
             }
         };
-        let log_path = self
-            .ctx
-            .pod_log_dir
-            .join(format!(
-                "{}_{}_{}",
-                self.pod.namespace, self.pod.name, self.pod.uid
-            ))
-            .join(&c.name)
-            .join(format!("{}.log", restart_count));
+        let log_path = self.log_path(&c.name, restart_count);
         let pod_uid = self.pod.uid.clone();
         let req = StartRequest {
             pod_uid: &pod_uid,
@@ -601,7 +631,7 @@ impl PodWorker {
             return;
         }
         self.pull_error_until[i] = None;
-        let image = self.pod.spec.containers[i].image.clone();
+        let image = self.specs[i].image.clone();
         let rec = &mut self.containers[i];
         let showing_error =
             rec.waiting.as_ref().and_then(|w| w.reason.as_deref()) == Some("ErrImagePull");
@@ -643,6 +673,17 @@ impl PodWorker {
             wake = wake.min((t - now()).max(0.01));
         }
         if let Some(t) = self.next_probe() {
+            wake = wake.min((t - now()).max(0.01));
+        }
+        let deadline = self
+            .deadline_at()
+            .filter(|_| self.deadline_kill_at.is_none());
+        // Only moments still ahead: a kill already sent is followed by the monitor's record.
+        for t in [self.sidecar_kill_at, self.deadline_kill_at, deadline]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now())
+        {
             wake = wake.min((t - now()).max(0.01));
         }
         Duration::from_secs_f64(wake)

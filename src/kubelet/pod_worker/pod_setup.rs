@@ -28,6 +28,9 @@ impl PodWorker {
         })();
         match result {
             Ok(pending) => {
+                if pending.is_new() {
+                    self.rerun_init_containers();
+                }
                 self.sandbox_started = Some(t0);
                 self.pending_sandbox = Some(pending);
             }

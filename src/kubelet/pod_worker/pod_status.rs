@@ -4,10 +4,19 @@ use super::*;
 
 impl PodWorker {
     pub(super) fn container_status(&self, i: usize) -> ContainerStatus {
-        let c = &self.pod.spec.containers[i];
+        let c = self.spec_container(i);
         let rec = &self.containers[i];
+        // Containers whose turn has not come show PodInitializing, as the kubelet's.
+        let turn = self.record.initialized || self.init_turn() == Some(i);
         let creating = || StateWaiting {
-            reason: Some("ContainerCreating".into()),
+            reason: Some(
+                if turn {
+                    "ContainerCreating"
+                } else {
+                    "PodInitializing"
+                }
+                .into(),
+            ),
             message: None,
         };
         let mut state = ContainerState::default();
@@ -51,10 +60,21 @@ impl PodWorker {
     }
 
     pub(super) fn publish(&mut self) {
-        let statuses: Vec<ContainerStatus> = (0..self.containers.len())
+        let mut statuses: Vec<ContainerStatus> = (0..self.containers.len())
             .map(|i| self.container_status(i))
             .collect();
-        let phase = status::phase(&self.pod.spec, &statuses);
+        let init_statuses: Vec<ContainerStatus> = statuses.drain(..self.n_init).collect();
+        let init = self.init_progress();
+        let deadline = self.deadline_exceeded();
+        let phase = if deadline || self.init_failed() {
+            "Failed"
+        } else if !self.record.initialized {
+            "Pending"
+        } else {
+            status::phase(&self.pod.spec, &statuses)
+        };
+        // Sidecars' readiness counts for the pod's: the conditions see every status.
+        let all: Vec<ContainerStatus> = init_statuses.iter().chain(&statuses).cloned().collect();
         let previous = self
             .published
             .as_ref()
@@ -62,7 +82,8 @@ impl PodWorker {
             .unwrap_or_default();
         let conditions = status::conditions(
             &self.pod.spec,
-            &statuses,
+            &all,
+            &init,
             phase,
             self.sandbox.is_some(),
             &previous,
@@ -77,8 +98,12 @@ impl PodWorker {
         let st = PodStatus {
             phase: phase.into(),
             conditions,
-            message: self.sandbox_error.clone(),
-            reason: None,
+            message: if deadline {
+                Some("Pod was active on the node longer than the specified deadline".into())
+            } else {
+                self.sandbox_error.clone()
+            },
+            reason: deadline.then(|| "DeadlineExceeded".into()),
             host_ips: host_ip
                 .iter()
                 .map(|ip| IpEntry { ip: ip.clone() })
@@ -87,6 +112,7 @@ impl PodWorker {
             pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
             pod_ip,
             start_time: self.record.start_time.clone(),
+            init_container_statuses: init_statuses,
             container_statuses: statuses,
             qos_class: Some(status::qos_class(&self.pod.spec).into()),
         };
@@ -111,6 +137,37 @@ impl PodWorker {
             link.pod_status(&self.pod, &st);
         }
         self.published = Some(st);
+    }
+
+    /// The first init container that has not gone through yet (completed; a sidecar: started).
+    pub(super) fn init_turn(&self) -> Option<usize> {
+        (0..self.n_init).find(|&i| !self.init_through(i))
+    }
+
+    pub(super) fn init_through(&self, i: usize) -> bool {
+        let rec = &self.containers[i];
+        if self.is_sidecar(i) {
+            rec.current.as_ref().is_some_and(|a| a.started_at.is_some()) && self.probe_state(i).0
+        } else {
+            rec.final_state.as_ref().is_some_and(|t| t.exit_code == 0)
+        }
+    }
+
+    fn init_progress(&self) -> status::InitProgress {
+        status::InitProgress {
+            incomplete: if self.record.initialized {
+                Vec::new()
+            } else {
+                (0..self.n_init)
+                    .filter(|&i| !self.init_through(i))
+                    .map(|i| self.specs[i].name.clone())
+                    .collect()
+            },
+            sidecars: (0..self.n_init)
+                .filter(|&i| self.is_sidecar(i))
+                .map(|i| self.specs[i].name.clone())
+                .collect(),
+        }
     }
 
     /// Records an event about this pod (or one of its containers) in cluster mode.

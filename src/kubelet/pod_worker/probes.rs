@@ -42,10 +42,6 @@ pub(super) fn parse_all(container: &serde_json::Value) -> Result<Vec<(Kind, Prob
 }
 
 impl PodWorker {
-    fn container_json(&self, i: usize) -> &serde_json::Value {
-        &self.pod.object["spec"]["containers"][i]
-    }
-
     /// Whether container `i` counts as started and ready (for its status).
     pub(super) fn probe_state(&self, i: usize) -> (bool, bool) {
         match self.probes.get(i) {
@@ -191,6 +187,7 @@ impl PodWorker {
             .max(MIN_GRACE_SECS) as f64;
         self.probes[i].ready = false;
         self.probes[i].kill_at = Some(now() + grace);
+        self.pre_stop(i, id, Duration::from_secs_f64(grace));
         if let Err(e) = self.ctx.runtime.signal(id, "TERM") {
             log::debug!("pod {}: {}", self.pod.full_name(), e);
         }

@@ -10,41 +10,28 @@ impl PodWorker {
             .unwrap_or(30)
             .max(MIN_GRACE_SECS);
         log::info!("pod {}: terminating (grace period {}s)", name, grace);
-        // The probes' thread leaves the pod's network namespace with it.
+        let deadline = now() + grace as f64;
+        let running: Vec<(usize, String)> = (0..self.containers.len())
+            .filter_map(|i| {
+                self.containers[i]
+                    .current
+                    .as_ref()
+                    .map(|a| (i, a.id.clone()))
+            })
+            .collect();
+        let ids: Vec<String> = running.iter().map(|(_, id)| id.clone()).collect();
+        // As the kubelet: app containers first; the sidecars, in reverse order, once those are
+        // gone, still with at least the minimum grace period.
+        let (mut sidecars, apps): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|(i, _)| self.is_sidecar(*i));
+        sidecars.reverse();
+        self.stop_group(&apps, deadline);
+        self.stop_group(&sidecars, deadline.max(now() + MIN_GRACE_SECS as f64));
+        // The probes' and hooks' thread leaves the pod's network namespace with it.
         self.dialer = None;
         let rt = &self.ctx.runtime;
-        let ids: Vec<String> = self
-            .containers
-            .iter()
-            .filter_map(|c| c.current.as_ref().map(|a| a.id.clone()))
-            .collect();
         let alive =
             |id: &String| matches!(rt.observe(id), Observed::Running(_) | Observed::Starting);
-        let wait_all = |deadline: f64| {
-            while now() < deadline && ids.iter().any(alive) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        for (c, id) in self
-            .containers
-            .iter()
-            .filter_map(|c| c.current.as_ref().map(|a| (c, &a.id)))
-        {
-            if alive(id) {
-                self.event(
-                    Some(&c.name),
-                    "Normal",
-                    "Killing",
-                    format!("Stopping container {}", c.name),
-                );
-            }
-        }
-        for id in ids.iter().filter(|id| alive(id)) {
-            if let Err(e) = rt.signal(id, "TERM") {
-                log::debug!("pod {}: {}", name, e);
-            }
-        }
-        wait_all(now() + grace as f64);
         for id in ids.iter().filter(|id| alive(id)) {
             log::info!(
                 "pod {}: container {} did not stop within {}s; killing it",
@@ -56,7 +43,10 @@ impl PodWorker {
                 log::debug!("pod {}: {}", name, e);
             }
         }
-        wait_all(now() + 10.0);
+        let kill_deadline = now() + 10.0;
+        while now() < kill_deadline && ids.iter().any(alive) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for attempt in 0..3 {
             match self.remove_everything(&ids) {
                 Ok(()) => {
@@ -66,6 +56,73 @@ impl PodWorker {
                 Err(e) if attempt == 2 => log::error!("pod {}: cleanup incomplete: {}", name, e),
                 Err(_) => std::thread::sleep(Duration::from_secs(1)),
             }
+        }
+    }
+
+    /// Stops these containers together: each runs its preStop hook (within what is left of the
+    /// grace period), then gets SIGTERM; waits until all are gone or `deadline` passes.
+    fn stop_group(&mut self, group: &[(usize, String)], deadline: f64) {
+        let ctx = self.ctx.clone();
+        let rt = &ctx.runtime;
+        let alive =
+            |id: &String| matches!(rt.observe(id), Observed::Running(_) | Observed::Starting);
+        let group: Vec<(usize, String)> =
+            group.iter().filter(|(_, id)| alive(id)).cloned().collect();
+        if group.is_empty() {
+            return;
+        }
+        let mut hooks = Vec::new();
+        for (i, id) in &group {
+            let c = &self.containers[*i].name;
+            self.event(
+                Some(c),
+                "Normal",
+                "Killing",
+                format!("Stopping container {}", c),
+            );
+            let hook = lifecycle::parse_hook(self.container_json(*i), "preStop")
+                .ok()
+                .flatten();
+            if let Some(h) = &hook {
+                // Made before the threads borrow it.
+                self.hook_dialer(h);
+            }
+            hooks.push((*i, id.clone(), hook));
+        }
+        let limit = Duration::from_secs_f64((deadline - now()).max(0.0));
+        let (pod, dialer) = (self.pod.full_name(), self.dialer.as_ref());
+        let failures: Vec<(usize, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = hooks
+                .iter()
+                .map(|(i, id, hook)| {
+                    let pod = &pod;
+                    scope.spawn(move || {
+                        let failed = hook.as_ref().and_then(|h| {
+                            let uses_net = matches!(
+                                h,
+                                lifecycle::Hook::Run(crate::kubelet::prober::Action::Http { .. })
+                            );
+                            lifecycle::run_hook(h, rt, id, dialer.filter(|_| uses_net), limit)
+                                .err()
+                                .map(|e| (*i, e))
+                        });
+                        if let Err(e) = rt.signal(id, "TERM") {
+                            log::debug!("pod {}: {}", pod, e);
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        for (i, why) in failures {
+            self.failed_pre_stop(i, why);
+        }
+        while now() < deadline && group.iter().any(|(_, id)| alive(id)) {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
