@@ -529,7 +529,47 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_follow_the_api_servers_rules() {
+        for (extra, want) in [
+            (
+                "  initContainers:\n  - {name: i, image: busybox, livenessProbe: {exec: {command: [x]}}}\n",
+                "spec.initContainers[0].livenessProbe: Forbidden",
+            ),
+            (
+                "  initContainers:\n  - {name: i, image: busybox, restartPolicy: Never}\n",
+                "spec.initContainers[0].restartPolicy: Unsupported value",
+            ),
+            (
+                "  initContainers:\n  - {name: c, image: busybox}\n",
+                "spec.containers[0].name: Duplicate value",
+            ),
+            (
+                "    restartPolicy: Always\n",
+                "spec.containers[0].restartPolicy: Forbidden",
+            ),
+        ] {
+            let text = format!("{}{}", GOOD, extra);
+            let err = parse(&text).remove(0).unwrap_err();
+            assert!(err.message.contains(want), "{}", err);
+        }
+        let sidecar = format!(
+            "{}  initContainers:\n  - {{name: s, image: busybox, restartPolicy: Always, readinessProbe: {{exec: {{command: [x]}}}}}}\n",
+            GOOD
+        );
+        let pod = parse(&sidecar).remove(0).unwrap();
+        assert_eq!(
+            pod.spec.init_containers[0].restart_policy.as_deref(),
+            Some("Always")
+        );
+        assert_eq!(
+            pod.object["spec"]["initContainers"][0]["terminationMessagePath"],
+            "/dev/termination-log"
+        );
+    }
+
+    #[test]
     fn meaning_changing_fields_tinylet_lacks_are_refused() {
+        #[allow(clippy::single_element_loop)]
         for (extra, want) in [(
             "    envFrom: [{configMapRef: {name: x}}]\n",
             "spec.containers[0].envFrom",
