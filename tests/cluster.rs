@@ -601,7 +601,7 @@ fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
     let api = ApiServer::start();
     let node = join(&api);
     let mut pod = api_pod("init", &node, "sleep 3600");
-    pod["spec"]["initContainers"] = json!([{"name": "setup", "image": IMAGE, "command": ["true"]}]);
+    pod["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
     api.create_pod(&pod);
     let failed = eventually(&node, &api, "the pod Failed with a reason", || {
         let p = api.pod("default", "init")?;
@@ -609,7 +609,54 @@ fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
     });
     assert_eq!(failed["status"]["reason"], "UnsupportedPodSpec");
     let msg = failed["status"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("spec.initContainers"), "{}", msg);
+    assert!(msg.contains("spec.containers[0].envFrom"), "{}", msg);
     assert!(node.runc_list().is_empty(), "nothing of it ran");
+    api.assert_no_violations();
+}
+
+#[test]
+fn init_containers_sidecars_and_hooks_in_cluster_mode() {
+    let api = ApiServer::start();
+    let mut node = join(&api);
+    let mut pod = api_pod("layered", &node, "cat /work/ready; sleep 3600");
+    let work = json!([{"name": "work", "mountPath": "/work"}]);
+    pod["spec"]["volumes"] = json!([{"name": "work", "emptyDir": {}}]);
+    pod["spec"]["initContainers"] = json!([
+        {"name": "setup", "image": IMAGE, "command": ["sh", "-c", "echo prepared > /work/ready"],
+         "volumeMounts": work},
+        {"name": "helper", "image": IMAGE, "restartPolicy": "Always",
+         "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+         "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}},
+    ]);
+    pod["spec"]["containers"][0]["volumeMounts"] = work;
+    pod["spec"]["containers"][0]["lifecycle"] = json!({
+        "postStart": {"exec": {"command": ["sh", "-c", "echo hook > /work/post"]}},
+        "preStop": {"sleep": {"seconds": 1}},
+    });
+    api.create_pod(&pod);
+    let p = eventually(&node, &api, "the pod Ready at the API", || {
+        let p = api.pod("default", "layered")?;
+        (api_condition(&p, "Ready") == Some("True")).then_some(p)
+    });
+    let inits = p["status"]["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(inits.len(), 2, "{}", p["status"]);
+    assert_eq!(inits[0]["state"]["terminated"]["reason"], "Completed");
+    assert!(!inits[1]["state"]["running"].is_null(), "{}", p["status"]);
+    assert_eq!(inits[1]["ready"], true);
+    assert_eq!(api_condition(&p, "Initialized"), Some("True"));
+    assert_eq!(node.logs("layered", "c"), "prepared\n");
+    let started_setup = events_for(&api, "layered").into_iter().any(|e| {
+        e["reason"] == "Started" && e["involvedObject"]["fieldPath"] == "spec.initContainers{setup}"
+    });
+    assert!(started_setup, "{:?}", events_for(&api, "layered"));
+    api.delete("/api/v1/namespaces/default/pods/layered", None)
+        .expect("deleting the pod");
+    eventually(&node, &api, "the pod gone from the API", || {
+        api.pod("default", "layered").is_none().then_some(())
+    });
+    assert!(node.runc_list().is_empty(), "{:?}", node.runc_list());
     api.assert_no_violations();
 }

@@ -65,6 +65,7 @@ const OWNED_FIELDS: &[&str] = &[
     "podIP",
     "podIPs",
     "startTime",
+    "initContainerStatuses",
     "containerStatuses",
     "qosClass",
 ];

@@ -229,14 +229,22 @@ impl EventSink {
     }
 }
 
-/// The reference of a pod (and one of its containers) for events.
-pub fn pod_ref(namespace: &str, name: &str, uid: &str, container: Option<&str>) -> ObjectRef {
+/// The reference of a pod (and one of its containers: `init` for an init container) for events.
+pub fn pod_ref(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    container: Option<(&str, bool)>,
+) -> ObjectRef {
     ObjectRef {
         kind: "Pod".into(),
         api_version: Some("v1".into()),
         namespace: namespace.into(),
         name: name.into(),
         uid: uid.into(),
-        field_path: container.map(|c| format!("spec.containers{{{}}}", c)),
+        field_path: container.map(|(c, init)| {
+            let list = if init { "initContainers" } else { "containers" };
+            format!("spec.{}{{{}}}", list, c)
+        }),
     }
 }

@@ -184,7 +184,7 @@ impl PodWorker {
                     &self.pod.namespace,
                     &self.pod.name,
                     &self.pod.uid,
-                    container,
+                    container.map(|c| (c, self.specs[..self.n_init].iter().any(|s| s.name == c))),
                 ),
                 type_,
                 reason,
