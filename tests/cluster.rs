@@ -617,7 +617,7 @@ fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
 #[test]
 fn init_containers_sidecars_and_hooks_in_cluster_mode() {
     let api = ApiServer::start();
-    let mut node = join(&api);
+    let node = join(&api);
     let mut pod = api_pod("layered", &node, "cat /work/ready; sleep 3600");
     let work = json!([{"name": "work", "mountPath": "/work"}]);
     pod["spec"]["volumes"] = json!([{"name": "work", "emptyDir": {}}]);
