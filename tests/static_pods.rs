@@ -424,3 +424,32 @@ fn add_change_remove_are_picked_up_promptly() {
         gone
     );
 }
+
+#[test]
+fn hostname_subdomain_fqdn_and_host_aliases() {
+    let mut node = Node::start();
+    let mut pod = pod_manifest("named")
+        .container("c", "hostname; hostname -f; cat /etc/hosts; sleep 3600")
+        .value();
+    pod["spec"]["hostname"] = serde_json::json!("web-0");
+    pod["spec"]["subdomain"] = serde_json::json!("web");
+    pod["spec"]["setHostnameAsFQDN"] = serde_json::json!(true);
+    pod["spec"]["hostAliases"] = serde_json::json!([
+        {"ip": "10.1.2.3", "hostnames": ["db.local", "db"]},
+    ]);
+    node.write_manifest("named.yaml", &pod.to_string());
+    node.wait_running("named");
+    let out = node.wait_log("named", "c", "Entries added by HostAliases");
+    let fqdn = "web-0.web.default.svc.cluster.local";
+    assert_eq!(out.lines().next(), Some(fqdn), "{}", out);
+    assert!(
+        out.contains(&format!("127.0.1.1\t{}\tweb-0\n", fqdn)),
+        "{}",
+        out
+    );
+    assert!(
+        out.ends_with("# Entries added by HostAliases.\n10.1.2.3\tdb.local\tdb\n"),
+        "{}",
+        out
+    );
+}

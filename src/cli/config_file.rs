@@ -30,6 +30,7 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("healthzPort", "healthz-port", Kind::Int),
     ("healthzBindAddress", "healthz-bind-address", Kind::Str),
     ("maxPods", "max-pods", Kind::Int),
+    ("clusterDomain", "cluster-domain", Kind::Str),
     (
         "imageGCHighThresholdPercent",
         "image-gc-high-threshold",

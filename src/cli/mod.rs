@@ -27,6 +27,7 @@ usage:
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
+              [--cluster-domain DOMAIN]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -74,7 +75,28 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "offline-max-age",
     "healthz-port",
     "healthz-bind-address",
+    "cluster-domain",
 ];
+
+/// `--cluster-domain` (default `cluster.local`): pods' FQDNs end with it.
+fn cluster_domain(a: &Args) -> Result<String, String> {
+    let d = a.get("cluster-domain").unwrap_or("cluster.local");
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.len() > 253 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "--cluster-domain {:?}: not a DNS domain (lowercase labels separated by dots)",
+            d
+        ));
+    }
+    Ok(d.to_string())
+}
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
     let Some(cmd) = argv.first().map(String::as_str) else {
@@ -343,6 +365,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             .map_err(|e| log::warn!("inotify unavailable ({}); pod workers will poll", e))
             .ok(),
         cluster: Default::default(),
+        cluster_domain: cluster_domain(&a)?,
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,

@@ -328,6 +328,28 @@ fn validate(meta: &ObjectMeta, spec: &PodSpec) -> Result<(), String> {
             return Err(format!("spec.hostname: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'", h));
         }
     }
+    if let Some(s) = spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+        if !is_dns_label(s) {
+            return Err(format!("spec.subdomain: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'", s));
+        }
+    }
+    for (i, a) in spec.host_aliases.iter().enumerate() {
+        if a.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "spec.hostAliases[{}].ip: Invalid value: {:?}: must be a valid IP address",
+                i, a.ip
+            ));
+        }
+        if let Some(h) = a.hostnames.iter().find(|h| !is_dns_subdomain(h)) {
+            return Err(format!(
+                "spec.hostAliases[{}].hostnames: Invalid value: {:?}: a lowercase RFC 1123 subdomain",
+                i, h
+            ));
+        }
+    }
+    if spec.active_deadline_seconds.is_some_and(|d| d <= 0) {
+        return Err("spec.activeDeadlineSeconds: Invalid value: must be greater than 0".into());
+    }
     if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
         return Err("spec.terminationGracePeriodSeconds: Invalid value: must be >= 0".into());
     }

@@ -38,6 +38,8 @@ pub struct Context {
     pub watcher: Option<Arc<crate::runtime::watch::BundleWatcher>>,
     /// Status updates and events for the API server, in cluster mode.
     pub cluster: std::sync::OnceLock<Arc<cluster::Link>>,
+    /// `--cluster-domain`: pods' fully qualified names end in `svc.<this>`.
+    pub cluster_domain: String,
 }
 
 /// Where desired pods come from; each source's set replaces its previous one.

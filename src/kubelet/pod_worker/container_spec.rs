@@ -58,7 +58,7 @@ impl PodWorker {
             .map(|s| quantity::parse_millis(&s))
             .transpose()?
             .or(cpu_limit);
-        let hostname = self.hostname();
+        let hostname = self.uts_hostname()?;
         let mut binds = self.binds(c)?;
         binds.extend(self.termination_log_bind(c)?);
         let input = spec::SpecInput {

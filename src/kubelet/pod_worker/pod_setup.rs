@@ -20,7 +20,7 @@ impl PodWorker {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
             };
-            let pending = sandbox::begin(&self.dir, &self.hostname(), opts)
+            let pending = sandbox::begin(&self.dir, &self.uts_hostname()?, opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
             self.write_etc_files()
                 .map_err(|e| format!("writing /etc files: {}", e))?;
@@ -66,6 +66,37 @@ impl PodWorker {
         self.sandbox_retry_at = now() + self.ctx.backoff.initial;
     }
 
+    /// The hostname the pod's UTS namespace gets: its FQDN with setHostnameAsFQDN, else its
+    /// short hostname. The kernel allows 64 characters.
+    pub(super) fn uts_hostname(&self) -> Result<String, String> {
+        match self.fqdn().filter(|_| self.pod.spec.set_hostname_as_fqdn == Some(true)) {
+            Some(f) if f.len() > 64 => Err(format!(
+                "failed to construct FQDN from pod hostname and cluster domain, FQDN {} is too long (64 characters is the max, {} characters requested)",
+                f,
+                f.len()
+            )),
+            Some(f) => Ok(f),
+            None => Ok(self.hostname()),
+        }
+    }
+
+    /// `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>` when the pod has a subdomain.
+    pub(super) fn fqdn(&self) -> Option<String> {
+        let sub = self
+            .pod
+            .spec
+            .subdomain
+            .as_deref()
+            .filter(|s| !s.is_empty())?;
+        Some(format!(
+            "{}.{}.{}.svc.{}",
+            self.hostname(),
+            sub,
+            self.pod.namespace,
+            self.ctx.cluster_domain
+        ))
+    }
+
     /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
     pub(super) fn hostname(&self) -> String {
         let h = self
@@ -84,23 +115,46 @@ impl PodWorker {
     pub(super) fn write_etc_files(&self) -> std::io::Result<()> {
         let etc = self.dir.join("etc");
         fsutil::ensure_dir(&etc)?;
-        let hosts = if self.pod.spec.host_network {
+        let mut hosts = if self.pod.spec.host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
+            // Without a pod network the pod's own name resolves to 127.0.1.1, as on Debian.
+            let names = match self.fqdn() {
+                Some(f) => format!("{}\t{}", f, self.hostname()),
+                None => self.hostname(),
+            };
             format!(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{}\n",
-                self.hostname()
+                names
             )
         };
+        hosts.push_str(&host_aliases(&self.pod.spec.host_aliases));
         fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
         fsutil::write_volatile(
             &etc.join("hostname"),
-            format!("{}\n", self.hostname()).as_bytes(),
+            format!("{}\n", self.uts_hostname().map_err(std::io::Error::other)?).as_bytes(),
             0o644,
         )?;
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         fsutil::write_volatile(&etc.join("resolv.conf"), &resolv, 0o644)
     }
+}
+
+/// The kubelet's block for spec.hostAliases, appended to the hosts file (also with hostNetwork).
+fn host_aliases(aliases: &[HostAlias]) -> String {
+    if aliases.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n# Entries added by HostAliases.\n");
+    for a in aliases {
+        out.push_str(&a.ip);
+        for h in &a.hostnames {
+            out.push('\t');
+            out.push_str(h);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Pod-level limits: the sum of the containers' limits when every container has one (the kubelet's rule).
