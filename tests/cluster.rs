@@ -601,7 +601,7 @@ fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
     let api = ApiServer::start();
     let node = join(&api);
     let mut pod = api_pod("init", &node, "sleep 3600");
-    pod["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
+    pod["spec"]["runtimeClassName"] = json!("kata");
     api.create_pod(&pod);
     let failed = eventually(&node, &api, "the pod Failed with a reason", || {
         let p = api.pod("default", "init")?;
@@ -609,7 +609,7 @@ fn a_pod_with_fields_tinylet_lacks_fails_with_the_reason() {
     });
     assert_eq!(failed["status"]["reason"], "UnsupportedPodSpec");
     let msg = failed["status"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("spec.containers[0].envFrom"), "{}", msg);
+    assert!(msg.contains("spec.runtimeClassName"), "{}", msg);
     assert!(node.runc_list().is_empty(), "nothing of it ran");
     api.assert_no_violations();
 }

@@ -245,24 +245,94 @@ fn static_pod_uid(doc: &Value, node_name: &str, file: &Path) -> String {
 
 /// Fields that change what a pod means and that tinylet does not implement yet. Such a pod is
 /// refused with this reason rather than run without them (a volume not mounted, variables
-/// missing).
+/// missing, a port not published). docs/CONFORMANCE.md lists every field.
 pub fn unsupported_fields(object: &Value) -> Option<String> {
     let spec = &object["spec"];
-    for (i, c) in spec["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if c["envFrom"].as_array().is_some_and(|a| !a.is_empty()) {
-            return Some(format!(
-                "spec.containers[{}].envFrom: not supported by tinylet yet",
-                i
-            ));
+    let set = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    };
+    let not_yet = |field: String, what: &str| {
+        Some(format!("{}: {} not supported by tinylet yet", field, what))
+    };
+    for (field, what) in [
+        ("runtimeClassName", "runtime classes are"),
+        ("readinessGates", "readiness gates are"),
+        ("resourceClaims", "dynamic resource claims are"),
+        ("resources", "pod-level resources are"),
+    ] {
+        if set(&spec[field]) {
+            return not_yet(format!("spec.{}", field), what);
+        }
+    }
+    if spec["hostUsers"] == false {
+        return not_yet("spec.hostUsers".into(), "user namespaces are");
+    }
+    if let Some(os) = spec["os"]["name"].as_str().filter(|os| *os != "linux") {
+        return Some(format!(
+            "spec.os.name: Unsupported value: {:?}: this node runs linux pods",
+            os
+        ));
+    }
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let kind = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .find(|k| *k != "name");
+        if let Some(kind) = kind.filter(|k| !SUPPORTED_VOLUMES.contains(k)) {
+            return not_yet(
+                format!("spec.volumes[{}].{}", i, kind),
+                "this volume type is",
+            );
+        }
+    }
+    let host_network = spec["hostNetwork"] == true;
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let field = |f: &str| format!("spec.{}[{}].{}", list, i, f);
+            if set(&c["envFrom"]) {
+                return not_yet(field("envFrom"), "envFrom is");
+            }
+            for (f, what) in [
+                ("stdin", "attaching stdin is"),
+                ("tty", "a terminal is"),
+                ("volumeDevices", "raw block volumes are"),
+                ("restartPolicyRules", "container restart rules are"),
+            ] {
+                if set(&c[f]) {
+                    return not_yet(field(f), what);
+                }
+            }
+            let host_port = c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["hostPort"].as_u64().is_some_and(|n| n > 0));
+            if host_port && !host_network {
+                return not_yet(
+                    field("ports"),
+                    "hostPort without hostNetwork (it needs CNI port mapping) is",
+                );
+            }
         }
     }
     None
 }
+
+/// The volume types tinylet mounts (`kubelet::pod_worker::volumes`).
+const SUPPORTED_VOLUMES: &[&str] = &[
+    "emptyDir",
+    "hostPath",
+    "configMap",
+    "secret",
+    "downwardAPI",
+    "projected",
+];
 
 /// The API server's rules for init containers: only sidecars (`restartPolicy: Always`) may
 /// have probes or lifecycle hooks, since the others must run to completion.
@@ -591,11 +661,31 @@ mod tests {
 
     #[test]
     fn meaning_changing_fields_tinylet_lacks_are_refused() {
-        #[allow(clippy::single_element_loop)]
-        for (extra, want) in [(
-            "    envFrom: [{configMapRef: {name: x}}]\n",
-            "spec.containers[0].envFrom",
-        )] {
+        for (extra, want) in [
+            (
+                "    envFrom: [{configMapRef: {name: x}}]\n",
+                "spec.containers[0].envFrom",
+            ),
+            ("  runtimeClassName: kata\n", "spec.runtimeClassName"),
+            (
+                "  readinessGates: [{conditionType: x}]\n",
+                "spec.readinessGates",
+            ),
+            ("  hostUsers: false\n", "spec.hostUsers"),
+            (
+                "  volumes: [{name: data, nfs: {server: s, path: /}}]\n",
+                "spec.volumes[0].nfs",
+            ),
+            ("    tty: true\n", "spec.containers[0].tty"),
+            (
+                "    ports: [{containerPort: 80, hostPort: 8080}]\n",
+                "spec.containers[0].ports",
+            ),
+            (
+                "  initContainers: [{name: i, image: b, volumeDevices: [{name: d, devicePath: /dev/x}]}]\n",
+                "spec.initContainers[0].volumeDevices",
+            ),
+        ] {
             let text = format!("{}{}", GOOD, extra);
             let err = parse(&text).remove(0).unwrap_err();
             assert!(err.message.contains(want), "{}", err);
@@ -605,6 +695,18 @@ mod tests {
                 err
             );
         }
+        let windows = format!("{}  os: {{name: windows}}\n", GOOD);
+        assert!(parse(&windows)
+            .remove(0)
+            .unwrap_err()
+            .message
+            .contains("spec.os.name"));
+        // With hostNetwork, a hostPort is the container port on the host: nothing to map.
+        let host = format!(
+            "{}    ports: [{{containerPort: 80, hostPort: 80}}]\n  hostNetwork: true\n  os: {{name: linux}}\n",
+            GOOD
+        );
+        assert!(parse(&host)[0].is_ok(), "{:?}", parse(&host)[0]);
         // Empty lists and maps change nothing.
         let text = format!(
             "{}    envFrom: []\n    lifecycle: {{}}\n  initContainers: []\n",
