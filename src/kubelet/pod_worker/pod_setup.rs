@@ -99,6 +99,13 @@ impl PodWorker {
 
     /// The pod's hostname: spec.hostname, else the pod name (at most 63 characters).
     pub(super) fn hostname(&self) -> String {
+        // hostnameOverride (alpha in 1.34) replaces the name outright.
+        if let Some(h) = self.pod.object["spec"]["hostnameOverride"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+        {
+            return h.to_string();
+        }
         let h = self
             .pod
             .spec
