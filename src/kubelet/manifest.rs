@@ -268,12 +268,6 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
                 i
             ));
         }
-        if c["envFrom"].as_array().is_some_and(|a| !a.is_empty()) {
-            return Some(format!(
-                "spec.containers[{}].envFrom: not supported by tinylet yet",
-                i
-            ));
-        }
     }
     None
 }
@@ -490,10 +484,6 @@ mod tests {
             (
                 "    lifecycle: {preStop: {exec: {command: [x]}}}\n",
                 "spec.containers[0].lifecycle",
-            ),
-            (
-                "    envFrom: [{configMapRef: {name: x}}]\n",
-                "spec.containers[0].envFrom",
             ),
         ] {
             let text = format!("{}{}", GOOD, extra);
