@@ -37,7 +37,12 @@ pub fn value(
     } else {
         &c.resources.requests
     };
-    let set = map.get(resource).and_then(quantity::value_to_string);
+    // A request the container leaves unset is its limit: the API server's defaulting, which
+    // the kubelet's file source applies to static pods too.
+    let set = map
+        .get(resource)
+        .or_else(|| c.resources.limits.get(resource))
+        .and_then(quantity::value_to_string);
     let divisor = sel.divisor.as_ref().and_then(quantity::value_to_string);
     let quantity_err = |e: String| format!("resourceFieldRef {}: {}", sel.resource, e);
     match resource {
@@ -144,7 +149,20 @@ mod tests {
         assert_eq!(v("limits.memory", Some("1Mi")), "64");
         assert_eq!(v("limits.memory", Some("1M")), "68"); // 67.1 rounded up
         assert_eq!(v("limits.ephemeral-storage", Some("1Mi")), "954");
-        assert_eq!(v("requests.memory", None), "0");
+        assert_eq!(
+            v("requests.memory", None),
+            (64u64 << 20).to_string(),
+            "defaulted from the limit"
+        );
+        let c = container(&[], &[("memory", "1Mi")]);
+        assert_eq!(
+            value(&sel("requests.memory", None), &c, &[], &NODE).unwrap(),
+            "1048576"
+        );
+        assert_eq!(
+            value(&sel("requests.cpu", None), &c, &[], &NODE).unwrap(),
+            "0"
+        );
     }
 
     #[test]
