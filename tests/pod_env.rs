@@ -489,5 +489,29 @@ fn a_container_restarted_offline_gets_the_same_environment() {
         "{}",
         node.daemon_log_tail(30)
     );
+
+    // Without the kept copy, an offline restart cannot make the environment: the container
+    // waits, saying why, and starts again once the API server is back.
+    let uid = node.pod("again").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(node.pod_dir(&uid).join("env-sources.json")).unwrap();
+    let p = node.wait_pod("again", "CreateContainerConfigError offline", |p| {
+        cstatus(p, "c")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    let msg = cstatus(&p, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.starts_with("couldn't get configmap default/settings: cannot reach the API server"),
+        "{}",
+        msg
+    );
     relay.restore();
+    let restarts_then = restarts(&node);
+    node.wait_for(Duration::from_secs(30), "a restart once back online", |n| {
+        restarts(n) > restarts_then
+    });
+    assert!(node.pod_dir(&uid).join("env-sources.json").exists());
 }

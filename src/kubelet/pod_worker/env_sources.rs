@@ -200,9 +200,11 @@ impl PodWorker {
 
     /// The services whose link variables the pod may get: the master service and, with
     /// `enableServiceLinks`, the pod's namespace's. Read by LIST at each container start; out of
-    /// reach, the list kept from last time. An API pod never starts without a list (it would
-    /// lack KUBERNETES_SERVICE_HOST, which in-cluster clients need), as the kubelet waits for its
-    /// service informer; a static pod starts without.
+    /// reach, the list kept from last time. With neither, a static pod starts without them, and
+    /// so does an API pod when the API server is out of reach (its variables would point at a
+    /// server the pod cannot reach anyway, and an edge pod must start offline); an API server that
+    /// answers with an error holds an API pod, as the kubelet holds it until its service informer
+    /// has synced (in-cluster clients need KUBERNETES_SERVICE_HOST).
     fn services(
         &self,
         api: &ApiClient,
@@ -239,7 +241,9 @@ impl PodWorker {
                     );
                     Ok(kept.clone())
                 }
-                None if self.pod.source.as_os_str() != API_SOURCE => {
+                None if self.pod.source.as_os_str() != API_SOURCE
+                    || matches!(e, ApiError::Transport(_)) =>
+                {
                     log::warn!(
                         "pod {}: listing services: {}; starting without service variables",
                         self.pod.full_name(),
