@@ -111,6 +111,8 @@ pub struct Container {
     pub termination_message_path: Option<String>,
     #[serde(default)]
     pub termination_message_policy: Option<String>,
+    #[serde(default)]
+    pub env_from: Vec<EnvFromSource>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -128,10 +130,15 @@ pub struct EnvVar {
 pub struct EnvVarSource {
     #[serde(default)]
     pub field_ref: Option<ObjectFieldSelector>,
-    /// Other sources (configMapKeyRef, secretKeyRef, resourceFieldRef) are kept untyped: they need
-    /// the API server and arrive with cluster mode.
+    /// Sources tinylet does not know (kept so that an error can name them).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(default)]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default)]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -290,4 +297,49 @@ pub struct StateTerminated {
         skip_serializing_if = "Option::is_none"
     )]
     pub container_id: Option<String>,
+}
+
+// ---- environment sources (envFrom, configMapKeyRef, secretKeyRef, resourceFieldRef) ----
+
+/// One `envFrom` entry: every key of a configMap or secret, with an optional name prefix.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub config_map_ref: Option<EnvObjectRef>,
+    #[serde(default)]
+    pub secret_ref: Option<EnvObjectRef>,
+}
+
+/// The configMap or secret of an `envFrom` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnvObjectRef {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub optional: Option<bool>,
+}
+
+/// `configMapKeyRef` / `secretKeyRef`: one key of one object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeySelector {
+    #[serde(default)]
+    pub name: String,
+    pub key: String,
+    #[serde(default)]
+    pub optional: Option<bool>,
+}
+
+/// `resourceFieldRef`: a container's limit or request, in units of `divisor`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldSelector {
+    #[serde(default)]
+    pub container_name: Option<String>,
+    pub resource: String,
+    /// A quantity, as a JSON string or number.
+    #[serde(default)]
+    pub divisor: Option<serde_json::Value>,
 }

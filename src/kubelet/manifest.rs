@@ -295,9 +295,6 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
     for list in ["initContainers", "containers"] {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
             let field = |f: &str| format!("spec.{}[{}].{}", list, i, f);
-            if set(&c["envFrom"]) {
-                return not_yet(field("envFrom"), "envFrom is");
-            }
             for (f, what) in [
                 ("stdin", "attaching stdin is"),
                 ("tty", "a terminal is"),
@@ -662,10 +659,6 @@ mod tests {
     #[test]
     fn meaning_changing_fields_tinylet_lacks_are_refused() {
         for (extra, want) in [
-            (
-                "    envFrom: [{configMapRef: {name: x}}]\n",
-                "spec.containers[0].envFrom",
-            ),
             ("  runtimeClassName: kata\n", "spec.runtimeClassName"),
             (
                 "  readinessGates: [{conditionType: x}]\n",

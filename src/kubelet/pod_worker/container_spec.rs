@@ -40,9 +40,9 @@ impl PodWorker {
         c: &Container,
         image: &crate::image::Image,
         sb: &sandbox::Sandbox,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, env_sources::SpecError> {
         let field = |p: &str| self.field(p);
-        let (env, vars) = env::environment(&image.config, c, &field)?;
+        let (env, vars) = self.container_env(&image.config, c, &field)?;
         let args = env::process_args(&image.config, c, &vars)?;
         let (uid, gid) = env::user(&image.config, c, &image.rootfs)?;
         let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
@@ -98,6 +98,6 @@ impl PodWorker {
                 Vec::new()
             },
         };
-        spec::build(&input)
+        Ok(spec::build(&input)?)
     }
 }

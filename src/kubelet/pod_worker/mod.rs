@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod container_spec;
+mod env_sources;
 mod init_containers;
 mod lifecycle;
 mod pod_setup;
@@ -534,7 +535,7 @@ impl PodWorker {
         };
         let spec = match self.container_spec(&c, &image, &sb) {
             Ok(s) => s,
-            Err(e) => return self.wait_and_retry(i, "CreateContainerError", e),
+            Err(e) => return self.wait_and_retry(i, e.reason, e.message),
         };
         let rec = &self.containers[i];
         let restart_count = if rec.started_once {

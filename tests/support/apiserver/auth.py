@@ -79,6 +79,7 @@ NODE_RULES = {
     "configmaps": {"get", "list", "watch"},
     "secrets": {"get", "list", "watch"},
     "serviceaccounts": {"get"},
+    "services": {"get", "list", "watch"},
     "serviceaccounts/token": {"create"},
     "certificatesigningrequests": {"create", "get", "list", "watch"},
     "namespaces": {"get"},

@@ -29,6 +29,7 @@ RESOURCES = {(r.api_version, r.plural): r for r in [
     Res("configmaps", "ConfigMap", "v1", True),
     Res("secrets", "Secret", "v1", True),
     Res("serviceaccounts", "ServiceAccount", "v1", True),
+    Res("services", "Service", "v1", True, status=True),
     Res("events", "Event", "v1", True, create_on_update=True),
     Res("events", "Event", "events.k8s.io/v1", True, create_on_update=True),
     Res("leases", "Lease", "coordination.k8s.io/v1", True),
