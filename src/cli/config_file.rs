@@ -19,6 +19,8 @@ enum Kind {
     Duration,
     /// `[{key, value, effect}]` -> `key=value:effect,...`
     Taints,
+    /// A list of strings -> `a,b,...`
+    List,
 }
 
 /// KubeletConfiguration field -> (flag, kind).
@@ -68,20 +70,19 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("registerWithTaints", "register-with-taints", Kind::Taints),
+    ("clusterDNS", "cluster-dns", Kind::List),
+    ("resolvConf", "resolv-conf", Kind::Str),
+    ("podCIDR", "pod-cidr", Kind::Str),
 ];
 
 /// Fields tinylet reads but does not act on yet (the features come with later issues).
 const NOT_YET: &[&str] = &[
     "address",
-    "clusterDNS",
-    "clusterDomain",
-    "podCIDR",
     "evictionHard",
     "containerLogMaxSize",
     "containerLogMaxFiles",
     "authentication",
     "authorization",
-    "resolvConf",
     "readOnlyPort",
     "tlsCertFile",
     "tlsPrivateKeyFile",
@@ -174,6 +175,11 @@ fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
             crate::config::parse_duration(s).map_err(|e| format!("{}: {}", field, e))?;
             Ok(s.to_string())
         }
+        Kind::List => {
+            let list = v.as_array().ok_or_else(|| wrong("a list of strings"))?;
+            let items: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
+            Ok(items.ok_or_else(|| wrong("a list of strings"))?.join(","))
+        }
         Kind::Taints => {
             let list = v.as_array().ok_or_else(|| wrong("a list of taints"))?;
             let mut out = Vec::new();
@@ -229,9 +235,8 @@ mod tests {
         assert_eq!(a.get("serialize-image-pulls"), Some("false"));
         assert_eq!(a.get("node-status-update-frequency"), Some("20s"));
         assert_eq!(a.get("register-with-taints"), Some("edge=true:NoSchedule"));
-        assert!(warnings
-            .iter()
-            .any(|w| w.contains("clusterDNS is not used")));
+        assert_eq!(a.get("cluster-dns"), Some("10.96.0.10"));
+        assert!(!warnings.iter().any(|w| w.contains("clusterDNS")));
         assert!(warnings
             .iter()
             .any(|w| w.contains("unknown field \"surprise\"")));

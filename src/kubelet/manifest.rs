@@ -291,7 +291,6 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
             );
         }
     }
-    let host_network = spec["hostNetwork"] == true;
     for list in ["initContainers", "containers"] {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
             let field = |f: &str| format!("spec.{}[{}].{}", list, i, f);
@@ -304,17 +303,6 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
                 if set(&c[f]) {
                     return not_yet(field(f), what);
                 }
-            }
-            let host_port = c["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["hostPort"].as_u64().is_some_and(|n| n > 0));
-            if host_port && !host_network {
-                return not_yet(
-                    field("ports"),
-                    "hostPort without hostNetwork (it needs CNI port mapping) is",
-                );
             }
         }
     }
@@ -671,10 +659,6 @@ mod tests {
             ),
             ("    tty: true\n", "spec.containers[0].tty"),
             (
-                "    ports: [{containerPort: 80, hostPort: 8080}]\n",
-                "spec.containers[0].ports",
-            ),
-            (
                 "  initContainers: [{name: i, image: b, volumeDevices: [{name: d, devicePath: /dev/x}]}]\n",
                 "spec.initContainers[0].volumeDevices",
             ),
@@ -694,7 +678,12 @@ mod tests {
             .unwrap_err()
             .message
             .contains("spec.os.name"));
-        // With hostNetwork, a hostPort is the container port on the host: nothing to map.
+        // hostPorts are mapped by the CNI portmap plugin; with hostNetwork there is nothing to map.
+        let mapped = format!(
+            "{}    ports: [{{containerPort: 80, hostPort: 8080}}]\n",
+            GOOD
+        );
+        assert!(parse(&mapped)[0].is_ok(), "{:?}", parse(&mapped)[0]);
         let host = format!(
             "{}    ports: [{{containerPort: 80, hostPort: 80}}]\n  hostNetwork: true\n  os: {{name: linux}}\n",
             GOOD

@@ -40,6 +40,8 @@ pub struct Context {
     pub cluster: std::sync::OnceLock<Arc<cluster::Link>>,
     /// `--cluster-domain`: pods' fully qualified names end in `svc.<this>`.
     pub cluster_domain: String,
+    /// The pod network (CNI) and the pods' DNS settings.
+    pub network: Arc<crate::network::Network>,
 }
 
 /// Where desired pods come from; each source's set replaces its previous one.

@@ -187,11 +187,29 @@ impl NodeStatusLoop {
     }
 
     fn remember(&mut self, node: &Value) {
+        self.learn_pod_cidrs(node);
         if let Some(uid) = node["metadata"]["uid"].as_str() {
             self.node_uid.set(uid);
         }
         self.sent = Some(node["status"].clone());
         self.sent_at = None; // send the first status update right away
+    }
+
+    /// spec.podCIDRs (else spec.podCIDR), set by the controller manager after registration.
+    fn learn_pod_cidrs(&self, node: &Value) {
+        let mut cidrs: Vec<String> = node["spec"]["podCIDRs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        if cidrs.is_empty() {
+            cidrs.extend(node["spec"]["podCIDR"].as_str().map(str::to_string));
+        }
+        if !cidrs.is_empty() {
+            self.settings.network.set_node_pod_cidrs(cidrs);
+        }
     }
 
     /// Computes the status and PATCHes it if it changed or is due anyway.
@@ -207,6 +225,7 @@ impl NodeStatusLoop {
         let body = json!({"status": patch::diff(&old, &status)});
         let path = format!("/api/v1/nodes/{}/status", escape(&self.settings.node_name));
         let node = self.client.patch(&path, PatchKind::Strategic, &body)?;
+        self.learn_pod_cidrs(&node);
         self.sent = Some(node["status"].clone());
         self.sent_at = Some(Instant::now());
         if !self.ready_reported {

@@ -7,10 +7,10 @@ impl PodWorker {
     /// Pod fields the downward API exposes to environment variables.
     pub(super) fn field(&self, path: &str) -> Option<String> {
         let host_ip = self.ctx.host_ip.clone().unwrap_or_default();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
+        let pod_ips = if self.pod.spec.host_network {
+            vec![host_ip.clone()]
         } else {
-            String::new()
+            self.pod_ips.clone()
         };
         let from_map = |prefix: &str, map: &std::collections::BTreeMap<String, String>| {
             path.strip_prefix(prefix)
@@ -27,7 +27,9 @@ impl PodWorker {
                 .unwrap_or("default")
                 .to_string(),
             "status.hostIP" | "status.hostIPs" => host_ip,
-            "status.podIP" | "status.podIPs" => pod_ip,
+            "status.podIP" => pod_ips.first().cloned().unwrap_or_default(),
+            // A comma-separated list, as the kubelet gives it.
+            "status.podIPs" => pod_ips.join(","),
             _ => {
                 return from_map("metadata.labels['", &self.pod.meta.labels)
                     .or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations))

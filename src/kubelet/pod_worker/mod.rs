@@ -21,6 +21,7 @@ mod container_spec;
 mod env_sources;
 mod init_containers;
 mod lifecycle;
+mod network;
 mod pod_setup;
 mod pod_status;
 mod probes;
@@ -79,6 +80,8 @@ pub struct PodWorker {
     probes: Vec<probes::ContainerProbes>,
     /// The thread HTTP and TCP probes dial from, in the pod's network namespace.
     dialer: Option<crate::kubelet::prober::NetnsDialer>,
+    /// The pod's IPs from its CNI ADD (empty: no pod network, or hostNetwork).
+    pod_ips: Vec<String>,
 }
 
 fn now() -> f64 {
@@ -161,6 +164,7 @@ impl PodWorker {
             status_announced: false,
             probes: (0..n).map(|_| Default::default()).collect(),
             dialer: None,
+            pod_ips: Vec::new(),
         }
     }
 
@@ -525,6 +529,11 @@ impl PodWorker {
         if let Err(e) = self.ensure_volumes() {
             self.event(None, "Warning", "FailedMount", e.clone());
             return self.wait_and_retry(i, "ContainerCreating", e);
+        }
+        // The pod's IP exists only once the network is set up: a container whose environment
+        // reads it waits for the sandbox instead of overlapping its bundle with it.
+        if self.env_needs_pod_ip(i) && !self.finish_sandbox() {
+            return;
         }
         let Some(sb) = self
             .sandbox

@@ -90,10 +90,10 @@ impl PodWorker {
             &ts(now()),
         );
         let host_ip = self.ctx.host_ip.clone();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
+        let pod_ips: Vec<String> = if self.pod.spec.host_network {
+            host_ip.iter().cloned().collect()
         } else {
-            None
+            self.pod_ips.clone()
         };
         let st = PodStatus {
             phase: phase.into(),
@@ -109,8 +109,8 @@ impl PodWorker {
                 .map(|ip| IpEntry { ip: ip.clone() })
                 .collect(),
             host_ip,
-            pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
-            pod_ip,
+            pod_ip: pod_ips.first().cloned(),
+            pod_ips: pod_ips.into_iter().map(|ip| IpEntry { ip }).collect(),
             start_time: self.record.start_time.clone(),
             init_container_statuses: init_statuses,
             container_statuses: statuses,

@@ -131,6 +131,7 @@ impl PodWorker {
         for id in ids {
             rt.remove(id)?;
         }
+        self.detach_network()?;
         sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
         rt.cgroups
             .remove(&rt.pod_cgroup(&self.pod.uid))
