@@ -407,3 +407,71 @@ fn resolv_conf_per_dns_policy() {
         );
     }
 }
+
+#[test]
+fn cluster_mode_zero_config_uses_the_nodes_pod_cidr() {
+    use support::apiserver::{ApiServer, KubeconfigUser};
+    let mut node = Node::create();
+    node.use_netns();
+    // The double, the daemon and this test's API calls all in the node namespace.
+    node.enter_netns_on_this_thread();
+    let api = ApiServer::start();
+    let kubeconfig = node.dir.join("kubeconfig");
+    api.write_kubeconfig(
+        &kubeconfig,
+        &KubeconfigUser::NodeCert(node.node_name.clone()),
+        false,
+    );
+    let conf_dir = node.dir.join("net.d");
+    node.extra_run_args.extend(
+        [
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--node-status-update-frequency",
+            "1s",
+            "--cni-conf-dir",
+            &conf_dir.display().to_string(),
+            "--cni-bin-dir",
+            PLUGINS,
+        ]
+        .map(String::from),
+    );
+    node.import_image();
+    node.start_daemon();
+    let name = node.node_name.clone();
+    poll_until(
+        WAIT,
+        "the Node to be registered",
+        || api.get(&format!("/api/v1/nodes/{}", name)).ok(),
+        || node.daemon_log_tail(30),
+    );
+    // What the controller manager's IPAM does.
+    api.patch(
+        &format!("/api/v1/nodes/{}", name),
+        "application/merge-patch+json",
+        &json!({"spec": {"podCIDR": "10.66.0.0/24", "podCIDRs": ["10.66.0.0/24"]}}),
+    )
+    .expect("patching the Node's podCIDR");
+    api.ensure_namespace("default");
+    api.create_pod(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "3600"]}]}
+    }));
+    let p = poll_until(
+        WAIT,
+        "the API pod's podIP from the Node's podCIDR",
+        || {
+            api.pod("default", "p").filter(|p| {
+                p["status"]["podIP"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("10.66.0."))
+            })
+        },
+        || format!("{}\n{}", node.daemon_log_tail(30), api.log_tail(20)),
+    );
+    assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["podIP"]);
+    assert!(conf_dir.join("10-tinylet.conflist").is_file());
+    api.assert_no_violations();
+}

@@ -84,6 +84,12 @@ impl Network {
         }
     }
 
+    /// Nothing gives this node a pod network yet: no CNI configuration, no `--pod-cidr`, no
+    /// podCIDR learnt from the Node. Cluster mode then reads its Node until one is assigned.
+    pub fn wants_pod_cidr(&self) -> bool {
+        self.pod_cidrs().is_empty() && conf::candidates(&self.settings.conf_dir).is_empty()
+    }
+
     fn pod_cidrs(&self) -> Vec<String> {
         if !self.settings.pod_cidrs.is_empty() {
             return self.settings.pod_cidrs.clone();

@@ -302,6 +302,17 @@ impl Node {
             .extend(["--node-ip".to_string(), NODE_ADDR.to_string()]);
     }
 
+    /// Moves the calling test thread into the node's network namespace, so that the processes it
+    /// starts next (an API-server double) and the sockets it opens share the daemon's loopback.
+    /// Only this thread moves; the thread ends with the test.
+    pub fn enter_netns_on_this_thread(&self) {
+        let ns = self.netns.as_deref().expect("use_netns first");
+        let f = fs::File::open(format!("/run/netns/{}", ns))
+            .unwrap_or_else(|e| panic!("opening network namespace {}: {}", ns, e));
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("entering network namespace {}: {}", ns, e));
+    }
+
     /// Runs `args` inside the node's network namespace (`ip netns exec`).
     pub fn netns_exec(&self, args: &[&str]) -> Output {
         let ns = self.netns.as_deref().expect("use_netns first");

@@ -214,6 +214,13 @@ impl NodeStatusLoop {
 
     /// Computes the status and PATCHes it if it changed or is due anyway.
     fn update(&mut self) -> Result<(), crate::kube::client::ApiError> {
+        // The controller manager assigns spec.podCIDR after registration; the zero-config pod
+        // network waits for it (one GET per status period, only while there is no network).
+        if self.settings.network.wants_pod_cidr() {
+            let path = format!("/api/v1/nodes/{}", escape(&self.settings.node_name));
+            let node = self.client.get(&path)?;
+            self.learn_pod_cidrs(&node);
+        }
         let status = self.status(node_facts::pressure(&self.settings.root_dir));
         let old = self.sent.clone().unwrap_or_else(|| json!({}));
         let due = self
