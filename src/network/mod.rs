@@ -43,6 +43,8 @@ pub struct Network {
     /// spec.podCIDRs of this node's Node object, in cluster mode.
     node_pod_cidrs: Mutex<Vec<String>>,
     said_none: AtomicBool,
+    /// Pod workers attach in parallel; the zero-config file is written by one at a time.
+    writing: Mutex<()>,
 }
 
 impl Network {
@@ -51,6 +53,7 @@ impl Network {
             settings,
             node_pod_cidrs: Mutex::new(Vec::new()),
             said_none: AtomicBool::new(false),
+            writing: Mutex::new(()),
         }
     }
 
@@ -105,6 +108,7 @@ impl Network {
     pub fn config(&self) -> Result<Option<conf::ConfList>, String> {
         let dir = &self.settings.conf_dir;
         let cidrs = self.pod_cidrs();
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let first = conf::candidates(dir).into_iter().next();
         let ours = first
             .as_ref()
