@@ -203,6 +203,38 @@ fn del_works_after_kill9_restart_and_after_a_reboot() {
 }
 
 #[test]
+fn finished_pod_releases_its_address_and_keeps_it_in_status() {
+    let mut node = cni_node("10.88.4.0/24");
+    node.write_manifest(
+        "job.json",
+        &pod(
+            "job",
+            "sleep 1; echo done",
+            json!({"restartPolicy": "Never"}),
+            json!({}),
+        ),
+    );
+    let running = node.wait_running("job");
+    let ip = pod_ip(&running);
+    assert!(lease(&node, &ip).is_file());
+    let done = node.wait_pod("job", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    node.wait_for(WAIT, "the finished pod's lease to be released", |n| {
+        !lease(n, &ip).exists()
+    });
+    assert_eq!(pod_ip(&done), ip, "the status keeps the IP");
+    // An agent restart neither re-adds it nor forgets the IP.
+    node.restart_daemon();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let p = node.pod("job").unwrap();
+    assert_eq!(p["status"]["phase"], "Succeeded");
+    assert_eq!(pod_ip(&p), ip);
+    assert!(std::fs::read_dir(node.dir.join("ipam").join(NET))
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with("10.")));
+}
+
+#[test]
 fn pod_restored_after_a_reboot_gets_a_network_again() {
     let mut node = cni_node("10.88.2.0/24");
     node.write_manifest(

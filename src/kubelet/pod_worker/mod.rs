@@ -271,6 +271,7 @@ impl PodWorker {
             }
         }
         self.publish();
+        self.release_network_when_finished();
     }
 
     fn save(&self, i: usize) {

@@ -20,6 +20,10 @@ impl PodWorker {
             return Ok(());
         };
         let net = self.ctx.network.clone();
+        // A finished pod's network was released; it gets no new one (agent restart, reboot).
+        if self.finished() {
+            return Ok(());
+        }
         if !new && network::attached(&self.dir) {
             self.pod_ips = network::recorded_ips(&self.dir);
             if let Err(e) = net.check(&self.dir, &netns) {
@@ -56,6 +60,28 @@ impl PodWorker {
         // The pod's own name resolves to its address now.
         self.write_hosts()
             .map_err(|e| format!("writing /etc/hosts: {}", e))
+    }
+
+    /// The pod reached Succeeded or Failed with nothing running: as the kubelet stops a finished
+    /// pod's sandbox, its network is released (its address goes back to the pool); the status
+    /// keeps the IPs it had.
+    pub(super) fn release_network_when_finished(&mut self) {
+        if !self.finished() || self.containers.iter().any(|c| c.current.is_some()) {
+            return;
+        }
+        if !network::attached(&self.dir) {
+            return;
+        }
+        if let Err(e) = self.detach_network() {
+            log::warn!("pod {}: {}", self.pod.full_name(), e);
+        }
+    }
+
+    /// The published phase is terminal.
+    pub(super) fn finished(&self) -> bool {
+        self.published
+            .as_ref()
+            .is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed")
     }
 
     /// CNI DEL of the pod's network, with its namespace if that still exists (not after a reboot).

@@ -90,11 +90,17 @@ impl PodWorker {
             &ts(now()),
         );
         let host_ip = self.ctx.host_ip.clone();
-        let pod_ips: Vec<String> = if self.pod.spec.host_network {
+        let mut pod_ips: Vec<String> = if self.pod.spec.host_network {
             host_ip.iter().cloned().collect()
         } else {
             self.pod_ips.clone()
         };
+        // As the kubelet: a finished pod whose network was released keeps the IPs it had.
+        if pod_ips.is_empty() && (phase == "Succeeded" || phase == "Failed") {
+            if let Some(p) = &self.published {
+                pod_ips = p.pod_ips.iter().map(|e| e.ip.clone()).collect();
+            }
+        }
         let st = PodStatus {
             phase: phase.into(),
             conditions,
