@@ -37,7 +37,6 @@ pub struct Settings {
 }
 
 /// The pod network of this node; shared by every pod worker.
-#[derive(Debug)]
 pub struct Network {
     pub settings: Settings,
     /// spec.podCIDRs of this node's Node object, in cluster mode.
@@ -45,6 +44,22 @@ pub struct Network {
     said_none: AtomicBool,
     /// Pod workers attach in parallel; the zero-config file is written by one at a time.
     writing: Mutex<()>,
+    /// Cluster mode: reads the Node's podCIDRs from the API server.
+    node_lookup: std::sync::OnceLock<NodeLookup>,
+    /// When `node_lookup` last ran (at most once per `LOOKUP_INTERVAL`).
+    looked_up: Mutex<Option<std::time::Instant>>,
+}
+
+type NodeLookup = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+const LOOKUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Network {
@@ -54,6 +69,8 @@ impl Network {
             node_pod_cidrs: Mutex::new(Vec::new()),
             said_none: AtomicBool::new(false),
             writing: Mutex::new(()),
+            node_lookup: std::sync::OnceLock::new(),
+            looked_up: Mutex::new(None),
         }
     }
 
@@ -87,10 +104,9 @@ impl Network {
         }
     }
 
-    /// Nothing gives this node a pod network yet: no CNI configuration, no `--pod-cidr`, no
-    /// podCIDR learnt from the Node. Cluster mode then reads its Node until one is assigned.
-    pub fn wants_pod_cidr(&self) -> bool {
-        self.pod_cidrs().is_empty() && conf::candidates(&self.settings.conf_dir).is_empty()
+    /// How to read the Node's podCIDRs (cluster mode).
+    pub fn set_node_lookup(&self, f: NodeLookup) {
+        let _ = self.node_lookup.set(f);
     }
 
     fn pod_cidrs(&self) -> Vec<String> {
@@ -107,9 +123,20 @@ impl Network {
     /// appears or changes applies to the next pod). `Ok(None)`: no pod network on this node.
     pub fn config(&self) -> Result<Option<conf::ConfList>, String> {
         let dir = &self.settings.conf_dir;
-        let cidrs = self.pod_cidrs();
         let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let first = conf::candidates(dir).into_iter().next();
+        let mut cidrs = self.pod_cidrs();
+        if cidrs.is_empty() && first.is_none() {
+            // Nothing gives this node a pod network yet: perhaps the Node has a podCIDR by now.
+            if let Some(lookup) = self.node_lookup.get() {
+                let mut last = self.looked_up.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() >= LOOKUP_INTERVAL) {
+                    *last = Some(std::time::Instant::now());
+                    self.set_node_pod_cidrs(lookup());
+                    cidrs = self.pod_cidrs();
+                }
+            }
+        }
         let ours = first
             .as_ref()
             .is_some_and(|f| f.file_name() == Some(default_conf::FILE_NAME.as_ref()));

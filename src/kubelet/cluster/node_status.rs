@@ -19,6 +19,7 @@ pub fn start(
     node_uid: Arc<NodeUid>,
     events: Recorder,
 ) -> Result<(), String> {
+    register_pod_cidr_lookup(&client, &settings);
     super::spawn("node-status", move || {
         NodeStatusLoop::new(client, settings, node_uid, events).run()
     })
@@ -197,16 +198,7 @@ impl NodeStatusLoop {
 
     /// spec.podCIDRs (else spec.podCIDR), set by the controller manager after registration.
     fn learn_pod_cidrs(&self, node: &Value) {
-        let mut cidrs: Vec<String> = node["spec"]["podCIDRs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect();
-        if cidrs.is_empty() {
-            cidrs.extend(node["spec"]["podCIDR"].as_str().map(str::to_string));
-        }
+        let cidrs = pod_cidrs(node);
         if !cidrs.is_empty() {
             self.settings.network.set_node_pod_cidrs(cidrs);
         }
@@ -214,13 +206,6 @@ impl NodeStatusLoop {
 
     /// Computes the status and PATCHes it if it changed or is due anyway.
     fn update(&mut self) -> Result<(), crate::kube::client::ApiError> {
-        // The controller manager assigns spec.podCIDR after registration; the zero-config pod
-        // network waits for it (one GET per status period, only while there is no network).
-        if self.settings.network.wants_pod_cidr() {
-            let path = format!("/api/v1/nodes/{}", escape(&self.settings.node_name));
-            let node = self.client.get(&path)?;
-            self.learn_pod_cidrs(&node);
-        }
         let status = self.status(node_facts::pressure(&self.settings.root_dir));
         let old = self.sent.clone().unwrap_or_else(|| json!({}));
         let due = self
@@ -374,6 +359,38 @@ fn condition(
 }
 
 /// The Kubernetes version whose kubelet API tinylet follows, with tinylet's own version.
+fn pod_cidrs(node: &Value) -> Vec<String> {
+    let mut cidrs: Vec<String> = node["spec"]["podCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    if cidrs.is_empty() {
+        cidrs.extend(node["spec"]["podCIDR"].as_str().map(str::to_string));
+    }
+    cidrs
+}
+
+/// Lets the pod network read the Node's podCIDRs when a pod needs them and none is known yet
+/// (the controller manager assigns them after registration): one GET then, never a poll.
+fn register_pod_cidr_lookup(client: &Arc<ApiClient>, settings: &Settings) {
+    let (client, path) = (
+        client.clone(),
+        format!("/api/v1/nodes/{}", escape(&settings.node_name)),
+    );
+    settings
+        .network
+        .set_node_lookup(Box::new(move || match client.get(&path) {
+            Ok(node) => pod_cidrs(&node),
+            Err(e) => {
+                log::debug!("reading the Node for its podCIDR: {}", e);
+                Vec::new()
+            }
+        }));
+}
+
 pub fn kubelet_version() -> String {
     format!("v1.37.0-tinylet.{}", env!("CARGO_PKG_VERSION"))
 }
