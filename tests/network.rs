@@ -186,6 +186,14 @@ fn del_works_after_kill9_restart_and_after_a_reboot() {
     node.start_daemon();
     let p = node.wait_running("a");
     assert_eq!(pod_ip(&p), ip_a, "adopted pod keeps its IP");
+    node.wait_for(WAIT, "pod b adopted too", |n| {
+        n.pod("b").is_some_and(|p| all_running(&p))
+    });
+    assert!(
+        !node.daemon_log().contains("CNI CHECK failed"),
+        "the adopted pods' networks pass CHECK:\n{}",
+        node.daemon_log_tail(20)
+    );
     node.remove_manifest("a.json");
     node.wait_gone("a");
     assert!(
