@@ -62,17 +62,22 @@ fn find_pod(req: &LogsRequest) -> Result<store::StoredPod, String> {
 pub fn run(req: &LogsRequest, out: &mut impl Write) -> Result<(), String> {
     let pod = find_pod(req)?;
     let meta = &pod.record.object["metadata"];
-    let names: Vec<String> = pod.record.object["spec"]["containers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names_in = |list: &str| -> Vec<String> {
+        pod.record.object["spec"][list]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // As kubectl: the default is the only app container; init containers by name.
+    let names = names_in("containers");
+    let init_names = names_in("initContainers");
     let pod_name = meta["name"].as_str().unwrap_or("");
     let container = match (req.container, names.len()) {
-        (Some(c), _) if names.iter().any(|n| n == c) => c.to_string(),
+        (Some(c), _) if names.iter().chain(&init_names).any(|n| n == c) => c.to_string(),
         (Some(c), _) => return Err(format!("container {} is not valid for pod {}", c, pod_name)),
         (None, 1) => names[0].clone(),
         (None, _) => {
