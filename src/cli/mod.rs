@@ -81,15 +81,7 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
 /// `--cluster-domain` (default `cluster.local`): pods' FQDNs end with it.
 fn cluster_domain(a: &Args) -> Result<String, String> {
     let d = a.get("cluster-domain").unwrap_or("cluster.local");
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if d.len() > 253 || !d.split('.').all(label_ok) {
+    if !crate::kubelet::manifest::is_dns_subdomain(d) {
         return Err(format!(
             "--cluster-domain {:?}: not a DNS domain (lowercase labels separated by dots)",
             d
