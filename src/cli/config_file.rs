@@ -74,7 +74,6 @@ const FIELDS: &[(&str, &str, Kind)] = &[
 const NOT_YET: &[&str] = &[
     "address",
     "clusterDNS",
-    "clusterDomain",
     "podCIDR",
     "evictionHard",
     "containerLogMaxSize",
