@@ -31,6 +31,8 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("healthzBindAddress", "healthz-bind-address", Kind::Str),
     ("maxPods", "max-pods", Kind::Int),
     ("clusterDomain", "cluster-domain", Kind::Str),
+    ("containerLogMaxSize", "container-log-max-size", Kind::Str),
+    ("containerLogMaxFiles", "container-log-max-files", Kind::Int),
     (
         "imageGCHighThresholdPercent",
         "image-gc-high-threshold",
@@ -76,8 +78,6 @@ const NOT_YET: &[&str] = &[
     "clusterDNS",
     "podCIDR",
     "evictionHard",
-    "containerLogMaxSize",
-    "containerLogMaxFiles",
     "authentication",
     "authorization",
     "resolvConf",

@@ -27,7 +27,7 @@ usage:
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
-              [--cluster-domain DOMAIN]
+              [--cluster-domain DOMAIN] [--container-log-max-size 10Mi] [--container-log-max-files 5]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -76,7 +76,26 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "healthz-port",
     "healthz-bind-address",
     "cluster-domain",
+    "container-log-max-size",
+    "container-log-max-files",
 ];
+
+/// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
+/// `--container-log-max-files` (5; at least 2, as the kubelet requires).
+fn log_rotation(a: &Args) -> Result<crate::runtime::log_file::Rotation, String> {
+    let mut r = crate::runtime::log_file::Rotation::DEFAULT;
+    if let Some(s) = a.get("container-log-max-size") {
+        r.max_size = crate::kube::quantity::parse_units(s)
+            .map_err(|e| format!("--container-log-max-size {:?}: {}", s, e))?;
+    }
+    if let Some(s) = a.get("container-log-max-files") {
+        r.max_files =
+            s.parse().ok().filter(|n| *n >= 2).ok_or_else(|| {
+                format!("--container-log-max-files {:?}: a number, at least 2", s)
+            })?;
+    }
+    Ok(r)
+}
 
 /// `--cluster-domain` (default `cluster.local`): pods' FQDNs end with it.
 fn cluster_domain(a: &Args) -> Result<String, String> {
@@ -343,6 +362,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             cgroups,
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
+            log_rotation: log_rotation(&a)?,
         },
         images: kubelet::image_puller::ImagePuller::new(
             open_image_store(&a)?,

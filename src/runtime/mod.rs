@@ -3,6 +3,7 @@
 //! `kubelet` decides what to run and when.
 
 pub mod cgroups;
+pub mod log_file;
 pub mod logs;
 pub mod rootfs;
 pub mod runc;
@@ -38,6 +39,8 @@ pub struct Runtime {
     pub cgroup_root: String,
     /// This binary, started in `shim` mode as each container's monitor.
     pub self_exe: PathBuf,
+    /// `--container-log-max-size` / `--container-log-max-files`, applied by each monitor.
+    pub log_rotation: log_file::Rotation,
 }
 
 /// What a new container needs beyond its OCI spec.
@@ -98,6 +101,7 @@ impl Runtime {
             runc: self.runc.clone(),
             log_path: req.log_path.to_path_buf(),
             cgroup: self.container_cgroup(req.pod_uid, id),
+            log_rotation: self.log_rotation,
         };
         let result = Command::new(&self.self_exe)
             .args(args.to_args())
