@@ -41,6 +41,10 @@ pub struct PodSpec {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    #[serde(default)]
+    pub share_process_namespace: Option<bool>,
 }
 
 /// A pod volume: its name and its source, kept as JSON (`emptyDir`, `projected`, ...).
@@ -136,6 +140,10 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: Option<bool>,
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub seccomp_profile: Option<SeccompProfile>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -261,4 +269,44 @@ pub struct StateTerminated {
         skip_serializing_if = "Option::is_none"
     )]
     pub container_id: Option<String>,
+}
+
+// ---- pod-level security ----
+
+/// `spec.securityContext`: what applies to every container of the pod unless the container's
+/// own securityContext says otherwise (and the pod-only fields).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default)]
+    pub run_as_group: Option<i64>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub supplemental_groups: Vec<i64>,
+    #[serde(default)]
+    pub fs_group: Option<i64>,
+    #[serde(default)]
+    pub sysctls: Vec<Sysctl>,
+    #[serde(default)]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sysctl {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `seccompProfile`: `type` is RuntimeDefault, Unconfined or Localhost (with `localhostProfile`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompProfile {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub localhost_profile: Option<String>,
 }

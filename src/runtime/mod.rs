@@ -7,6 +7,7 @@ pub mod logs;
 pub mod rootfs;
 pub mod runc;
 pub mod sandbox;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod watch;

@@ -496,7 +496,7 @@ impl PodWorker {
         };
         let spec = match self.container_spec(&c, &image, &sb) {
             Ok(s) => s,
-            Err(e) => return self.wait_and_retry(i, "CreateContainerError", e),
+            Err(e) => return self.wait_and_retry(i, e.reason, e.message),
         };
         let rec = &self.containers[i];
         let restart_count = if rec.started_once {

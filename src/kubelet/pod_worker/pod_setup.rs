@@ -19,6 +19,8 @@ impl PodWorker {
             let opts = sandbox::SandboxOptions {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
+                share_pid: self.pod.spec.share_process_namespace == Some(true)
+                    && !self.pod.spec.host_pid,
             };
             let pending = sandbox::begin(&self.dir, &self.hostname(), opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
