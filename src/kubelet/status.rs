@@ -72,7 +72,7 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
             };
             let limit = parse(r.limits.get(res)).filter(|v| *v > 0);
             let request = parse(r.requests.get(res))
-                .or_else(|| r.requests.get(res).is_none().then_some(limit).flatten())
+                .or_else(|| (!r.requests.contains_key(res)).then_some(limit).flatten())
                 .filter(|v| *v > 0);
             if let Some(q) = request {
                 requests[i] += q;
