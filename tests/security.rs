@@ -315,3 +315,46 @@ fn share_process_namespace_and_host_ipc() {
     node.wait_gone("shared");
     assert_eq!(pauses(&node), 0, "the pod's init is gone with it");
 }
+
+#[test]
+fn an_api_pod_with_a_forbidden_sysctl_fails_with_sysctl_forbidden() {
+    use support::apiserver::{ApiServer, KubeconfigUser};
+    let api = ApiServer::start();
+    let mut node = Node::create();
+    let kubeconfig = node.dir.join("kubeconfig");
+    api.write_kubeconfig(
+        &kubeconfig,
+        &KubeconfigUser::NodeCert(node.node_name.clone()),
+        false,
+    );
+    node.extra_run_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
+    node.import_image();
+    node.start_daemon();
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tuned", "namespace": "default"},
+        "spec": {
+            "nodeName": node.node_name,
+            "securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]},
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "3600"]}],
+        },
+    });
+    api.create_pod(&pod);
+    let failed = poll_until(
+        WAIT,
+        "the pod Failed with SysctlForbidden",
+        || {
+            let p = api.pod("default", "tuned")?;
+            (p["status"]["phase"] == "Failed").then_some(p)
+        },
+        || node.daemon_log_tail(30),
+    );
+    assert_eq!(failed["status"]["reason"], "SysctlForbidden");
+    assert_eq!(
+        failed["status"]["message"],
+        "Pod was rejected: forbidden sysctl: \"net.core.somaxconn\" not allowlisted"
+    );
+    assert!(node.runc_list().is_empty(), "nothing of it ran");
+    api.assert_no_violations();
+}
