@@ -311,6 +311,14 @@ fn share_process_namespace_and_host_ipc() {
             .count()
     };
     assert_eq!(pauses(&node), 1);
+    // An agent restart adopts the pod and its init as they are.
+    let before = node.pod("shared").unwrap();
+    node.restart_daemon();
+    let after = node.wait_running("shared");
+    for c in ["a", "b"] {
+        assert_eq!(container_id(&before, c), container_id(&after, c));
+    }
+    assert_eq!(pauses(&node), 1);
     node.remove_manifest("shared.json");
     node.wait_gone("shared");
     assert_eq!(pauses(&node), 0, "the pod's init is gone with it");
