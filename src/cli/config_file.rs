@@ -254,6 +254,31 @@ mod tests {
     }
 
     #[test]
+    fn security_fields() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             seccompDefault: true\npodPidsLimit: -1\nallowedUnsafeSysctls: [net.core.*, kernel.msgmax]\n",
+        );
+        let mut a = args(&[]);
+        apply(&p, &mut a).unwrap();
+        assert_eq!(a.get("seccomp-default"), Some("true"));
+        assert_eq!(a.get("pod-max-pids"), Some("-1"));
+        assert_eq!(
+            a.get("allowed-unsafe-sysctls"),
+            Some("net.core.*,kernel.msgmax")
+        );
+        std::fs::remove_file(p).unwrap();
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             allowedUnsafeSysctls: [1]\n",
+        );
+        assert!(apply(&p, &mut args(&[]))
+            .unwrap_err()
+            .contains("allowedUnsafeSysctls: Invalid value"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
     fn bad_files_name_what_is_wrong() {
         for (text, want) in [
             ("kind: KubeletConfiguration\n", "apiVersion: Unsupported value"),
