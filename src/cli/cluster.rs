@@ -58,6 +58,7 @@ pub fn mode(a: &Args, config: &Config, runc_version: &str) -> Result<Option<Clus
             None | Some("0") | Some("0s") => None,
             Some(v) => Some(parse_duration(v).map_err(|e| format!("--offline-max-age: {}", e))?),
         },
+        allowed_unsafe_sysctls: super::unsafe_sysctls(a)?,
     };
     if settings.lease_duration_secs == 0 {
         return Err("--node-lease-duration-seconds must be positive".into());

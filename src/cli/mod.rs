@@ -28,6 +28,8 @@ usage:
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
               [--cluster-domain DOMAIN] [--container-log-max-size 10Mi] [--container-log-max-files 5]
+              [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
+              [--pod-max-pids N]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -78,6 +80,9 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "cluster-domain",
     "container-log-max-size",
     "container-log-max-files",
+    "seccomp-profile-root",
+    "allowed-unsafe-sysctls",
+    "pod-max-pids",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -272,7 +277,7 @@ fn validate(rest: &[String]) -> Result<(), String> {
 }
 
 fn run(rest: &[String]) -> Result<(), String> {
-    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
+    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose", "seccomp-default"])?;
     let config_warnings = match a.get("config").map(PathBuf::from) {
         Some(path) => config_file::apply(&path, &mut a)?,
         None => Vec::new(),
@@ -378,6 +383,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             .ok(),
         cluster: Default::default(),
         cluster_domain: cluster_domain(&a)?,
+        security: security_settings(&a, &config)?,
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,
@@ -391,6 +397,45 @@ fn run(rest: &[String]) -> Result<(), String> {
     );
     let cluster_mode = cluster::mode(&a, &config, &version)?;
     kubelet::run(config, ctx, cluster_mode)
+}
+
+/// `--seccomp-default` (=true|false), `--seccomp-profile-root` (default `<root-dir>/seccomp`, as
+/// the kubelet's is under its root dir), `--allowed-unsafe-sysctls`, `--pod-max-pids`.
+fn security_settings(a: &Args, config: &Config) -> Result<kubelet::security::Settings, String> {
+    let seccomp_default = match a.get("seccomp-default") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("--seccomp-default {:?}: must be true or false", v)),
+    };
+    let pod_pids_limit = match a.get("pod-max-pids") {
+        None => -1,
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| format!("--pod-max-pids {:?}: not a number (-1: unlimited)", v))?,
+    };
+    Ok(kubelet::security::Settings {
+        seccomp_default,
+        seccomp_profile_root: a
+            .get("seccomp-profile-root")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config.root_dir.join("seccomp")),
+        allowed_unsafe_sysctls: unsafe_sysctls(a)?,
+        pod_pids_limit,
+    })
+}
+
+/// `--allowed-unsafe-sysctls a.b,c.*`, checked as the kubelet does at start-up.
+pub(crate) fn unsafe_sysctls(a: &Args) -> Result<Vec<String>, String> {
+    let list: Vec<String> = a
+        .get("allowed-unsafe-sysctls")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    kubelet::sysctls::validate_allowlist(&list)?;
+    Ok(list)
 }
 
 /// The node's pull settings: the flags, and a docker config.json at `<root-dir>/config.json` or

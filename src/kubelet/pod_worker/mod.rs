@@ -557,6 +557,7 @@ impl PodWorker {
         let pod_uid = self.pod.uid.clone();
         let req = StartRequest {
             pod_uid: &pod_uid,
+            qos_class: status::qos_class(&self.pod.spec),
             snapshot: &image.rootfs,
             spec: &spec,
             log_path: &log_path,

@@ -132,9 +132,16 @@ impl PodWorker {
             rt.remove(id)?;
         }
         sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
+        let qos = status::qos_class(&self.pod.spec);
         rt.cgroups
-            .remove(&rt.pod_cgroup(&self.pod.uid))
+            .remove_pod(&rt.cgroup_root, &rt.pod_cgroup(qos, &self.pod.uid))
             .map_err(|e| e.to_string())?;
+        // Pods started before the QoS layout had their cgroup right under kubepods.
+        if qos != "Guaranteed" {
+            rt.cgroups
+                .remove(&rt.pod_cgroup("Guaranteed", &self.pod.uid))
+                .map_err(|e| e.to_string())?;
+        }
         let logs = self.ctx.pod_log_dir.join(format!(
             "{}_{}_{}",
             self.pod.namespace, self.pod.name, self.pod.uid
