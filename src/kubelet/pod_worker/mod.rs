@@ -335,6 +335,17 @@ impl PodWorker {
 
     fn on_exit(&mut self, i: usize, att: Attempt, exited: Option<crate::runtime::shim::Exited>) {
         let finished = now();
+        // A container that ran and ended between two looks was never seen running: it still
+        // started, as the kubelet's Started event says right after runc start.
+        if att.started_at.is_none() && exited.as_ref().is_some_and(|e| e.start_error.is_none()) {
+            let name = self.containers[i].name.clone();
+            self.event(
+                Some(&name),
+                "Normal",
+                "Started",
+                format!("Started container {}", name),
+            );
+        }
         let term = match &exited {
             Some(e) => StateTerminated {
                 exit_code: e.exit_code,
