@@ -274,6 +274,20 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
                 i
             ));
         }
+        for (j, m) in c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let propagation = m["mountPropagation"].as_str().unwrap_or("None");
+            if propagation != "None" {
+                return Some(format!(
+                    "spec.containers[{}].volumeMounts[{}].mountPropagation: {:?} is not supported by tinylet yet (only \"None\")",
+                    i, j, propagation
+                ));
+            }
+        }
     }
     None
 }

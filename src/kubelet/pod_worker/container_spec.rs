@@ -59,7 +59,7 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.hostname();
-        let binds = self.binds(c)?;
+        let binds = self.binds(c, &vars)?;
         let input = spec::SpecInput {
             container: c,
             args,
