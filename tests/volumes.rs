@@ -299,3 +299,50 @@ fn a_config_map_update_reaches_a_running_container_through_the_data_swap() {
     });
     assert!(volume_mounts_under(&node, &uid).is_empty());
 }
+
+#[test]
+fn sub_path_expr_expands_the_container_environment_and_propagation_is_refused() {
+    let mut node = Node::start();
+    let m = pod_manifest("expr")
+        .container("c", &format!("echo hi > /data/f; echo END; {}", SLEEP))
+        .set(
+            "env",
+            json!([{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+        )
+        .set(
+            "volumeMounts",
+            json!([{"name": "scratch", "mountPath": "/data", "subPathExpr": "logs/$(POD)"}]),
+        );
+    let m = with_spec(m, "volumes", json!([{"name": "scratch", "emptyDir": {}}]));
+    node.write_manifest("expr.yaml", &to_yaml(&m));
+    node.wait_log("expr", "c", "END");
+    let pod = node.pod("expr").unwrap();
+    let file = node
+        .pod_dir(&uid(&pod))
+        .join("volumes/scratch/logs")
+        .join(node.full_name("expr"))
+        .join("f");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hi\n");
+
+    // Mount propagation other than None is refused, never silently ignored.
+    let p = pod_manifest("prop").container("c", SLEEP).set(
+        "volumeMounts",
+        json!([{"name": "h", "mountPath": "/h", "mountPropagation": "HostToContainer"}]),
+    );
+    let p = with_spec(
+        p,
+        "volumes",
+        json!([{"name": "h", "hostPath": {"path": "/tmp"}}]),
+    );
+    let path = node.dir.join("prop.yaml");
+    std::fs::write(&path, to_yaml(&p)).unwrap();
+    let out = node.tinylet(&["validate", path.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text);
+    assert!(
+        text.contains("spec.containers[0].volumeMounts[0].mountPropagation: \"HostToContainer\" is not supported"),
+        "{}",
+        text
+    );
+}

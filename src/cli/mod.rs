@@ -343,6 +343,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             .map_err(|e| log::warn!("inotify unavailable ({}); pod workers will poll", e))
             .ok(),
         cluster: Default::default(),
+        volume_objects: Default::default(),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,

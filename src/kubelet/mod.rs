@@ -38,6 +38,8 @@ pub struct Context {
     pub watcher: Option<Arc<crate::runtime::watch::BundleWatcher>>,
     /// Status updates and events for the API server, in cluster mode.
     pub cluster: std::sync::OnceLock<Arc<cluster::Link>>,
+    /// configMaps and secrets read for volumes, shared by the pod workers for a short while.
+    pub volume_objects: pod_worker::VolumeObjects,
 }
 
 /// Where desired pods come from; each source's set replaces its previous one.

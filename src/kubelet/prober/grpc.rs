@@ -157,10 +157,12 @@ fn verdict(a: &Answer, timeout: Duration) -> Result<(), String> {
     };
     match code {
         0 => {}
-        12 => return Err(format!(
+        12 => {
+            return Err(format!(
             "this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
             rpc_error()
-        )),
+        ))
+        }
         4 => {
             return Err(format!(
                 "timeout: health rpc did not complete within {}",

@@ -22,7 +22,10 @@
 
 mod atomic_writer;
 mod host_path;
+mod object_cache;
 mod tmpfs;
+
+pub use object_cache::ObjectCache;
 
 use super::*;
 use crate::base64::{base64_decode, base64_encode};
@@ -453,7 +456,7 @@ impl PodWorker {
             kind,
             escape(name)
         );
-        let obj = match api.get(&path) {
+        let obj = match self.ctx.volume_objects.get(api, &path) {
             Ok(o) => o,
             Err(e) if e.is_not_found() && optional => return Ok(Vec::new()),
             Err(e) => return Err(format!("{} {:?}: {}", kind.trim_end_matches('s'), name, e)),
