@@ -384,6 +384,7 @@ fn run(rest: &[String]) -> Result<(), String> {
         cluster: Default::default(),
         cluster_domain: cluster_domain(&a)?,
         security: security_settings(&a, &config)?,
+        volume_objects: Default::default(),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,

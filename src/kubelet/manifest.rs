@@ -333,6 +333,20 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
                     return not_yet(field(f), what);
                 }
             }
+            for (j, m) in c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let propagation = m["mountPropagation"].as_str().unwrap_or("None");
+                if propagation != "None" {
+                    return not_yet(
+                        field(&format!("volumeMounts[{}].mountPropagation", j)),
+                        &format!("{:?} is", propagation),
+                    );
+                }
+            }
             let host_port = c["ports"]
                 .as_array()
                 .into_iter()

@@ -44,6 +44,8 @@ pub struct Context {
     pub cluster_domain: String,
     /// Seccomp, sysctl and pids settings (kubelet flags).
     pub security: security::Settings,
+    /// configMaps and secrets read for volumes, shared by the pod workers for a short while.
+    pub volume_objects: pod_worker::VolumeObjects,
 }
 
 /// Where desired pods come from; each source's set replaces its previous one.

@@ -91,7 +91,7 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.uts_hostname()?;
-        let mut binds = self.binds(c)?;
+        let mut binds = self.binds(c, &vars)?;
         binds.extend(self.termination_log_bind(c)?);
         let input = spec::SpecInput {
             container: c,

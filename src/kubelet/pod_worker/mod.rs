@@ -27,6 +27,8 @@ mod probes;
 mod terminate;
 mod volumes;
 
+pub use volumes::ObjectCache as VolumeObjects;
+
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
     /// `grace` overrides the pod's terminationGracePeriodSeconds (a deletion's grace period).

@@ -147,6 +147,9 @@ impl PodWorker {
             self.pod.namespace, self.pod.name, self.pod.uid
         ));
         fsutil::remove_dir_all_if_exists(&logs).map_err(|e| e.to_string())?;
+        // tmpfs volumes first: removing the pod directory (and with it pod.json, the record
+        // that brings this clean-up back after a crash) only once nothing is mounted below it.
+        volumes::unmount_all(&self.dir)?;
         fsutil::remove_dir_all_if_exists(&self.dir).map_err(|e| e.to_string())
     }
 }
