@@ -648,10 +648,21 @@ fn init_containers_sidecars_and_hooks_in_cluster_mode() {
     assert_eq!(inits[1]["ready"], true);
     assert_eq!(api_condition(&p, "Initialized"), Some("True"));
     assert_eq!(node.logs("layered", "c"), "prepared\n");
-    let started_setup = events_for(&api, "layered").into_iter().any(|e| {
-        e["reason"] == "Started" && e["involvedObject"]["fieldPath"] == "spec.initContainers{setup}"
-    });
-    assert!(started_setup, "{:?}", events_for(&api, "layered"));
+    // Events are sent on their own thread: they may trail the status.
+    eventually(
+        &node,
+        &api,
+        "a Started event naming the init container",
+        || {
+            events_for(&api, "layered")
+                .into_iter()
+                .any(|e| {
+                    e["reason"] == "Started"
+                        && e["involvedObject"]["fieldPath"] == "spec.initContainers{setup}"
+                })
+                .then_some(())
+        },
+    );
     api.delete("/api/v1/namespaces/default/pods/layered", None)
         .expect("deleting the pod");
     eventually(&node, &api, "the pod gone from the API", || {

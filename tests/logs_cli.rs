@@ -285,3 +285,87 @@ fn ps_table_shows_ready_and_status() {
     assert!(row[5].ends_with('s'), "AGE {:?}", row[5]);
     assert!(!table.contains("manifests not running"), "{}", table);
 }
+
+#[test]
+fn logs_rotate_without_losing_lines_and_follow_goes_across() {
+    let mut node = Node::create();
+    node.extra_run_args.extend(
+        [
+            "--container-log-max-size",
+            "4Ki",
+            "--container-log-max-files",
+            "3",
+        ]
+        .map(String::from),
+    );
+    node.import_image();
+    node.start_daemon();
+    // ~60 bytes a CRI line: 1500 lines make ~90 KiB, over twenty rotations.
+    let script = "sleep 1; i=0; while [ $i -lt 1500 ]; do echo \"line $i\"; i=$((i+1)); \
+                  [ $((i % 100)) = 0 ] && sleep 0.1; done";
+    node.write_manifest(
+        "p.yaml",
+        &pod_manifest("chatty")
+            .restart_policy("Never")
+            .container("c", script)
+            .yaml(),
+    );
+    node.wait_running("chatty");
+    let (root, logs) = (
+        node.root.display().to_string(),
+        node.log_dir.display().to_string(),
+    );
+    let child = Command::new(bin())
+        .args([
+            "logs",
+            "-f",
+            "--root-dir",
+            &root,
+            "--pod-log-dir",
+            &logs,
+            "chatty",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning tinylet logs -f");
+    let out = child.wait_with_output().expect("waiting for logs -f");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = (0..1500).map(|i| format!("line {}\n", i)).collect();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        got == want,
+        "followed output differs: {} of {} bytes",
+        got.len(),
+        want.len()
+    );
+
+    let pod = node.pod("chatty").expect("pod");
+    let dir = node
+        .log_dir
+        .join(format!("default_chatty-{}_{}", node.node_name, uid(&pod)))
+        .join("c");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        3,
+        "the current file and 2 rotated ones: {:?}",
+        files
+    );
+    for f in &files {
+        let size = std::fs::metadata(f).expect("size").len();
+        assert!(size <= 4096, "{} is {} bytes", f.display(), size);
+    }
+    // What the files keep is the end of the output, whole.
+    let current = node.logs("chatty", "c");
+    assert!(current.ends_with("line 1499\n"), "{}", current);
+    assert!(want.ends_with(&current));
+}

@@ -60,7 +60,7 @@ fn init_containers_run_in_order_before_the_app() {
     let pod = pod_with_work_dir(
         "ordered",
         vec![
-            busybox("one", "sleep 0.3; echo one >> /work/order"),
+            busybox("one", "sleep 0.3; echo one >> /work/order; echo wrote one"),
             busybox("two", "grep -q one /work/order && echo two >> /work/order"),
         ],
         vec![busybox("app", "cat /work/order; sleep 3600")],
@@ -79,6 +79,8 @@ fn init_containers_run_in_order_before_the_app() {
     );
     let pod = node.wait_running("ordered");
     assert_eq!(node.wait_log("ordered", "app", "two"), "one\ntwo\n");
+    // An init container's output, as `kubectl logs -c`.
+    assert_eq!(node.logs("ordered", "one"), "wrote one\n");
     for name in ["one", "two"] {
         let t = &init_status(&pod, name)["state"]["terminated"];
         assert_eq!(t["exitCode"], 0, "{}: {}", name, pod["status"]);

@@ -64,6 +64,7 @@ pub fn mode(
             None | Some("0") | Some("0s") => None,
             Some(v) => Some(parse_duration(v).map_err(|e| format!("--offline-max-age: {}", e))?),
         },
+        allowed_unsafe_sysctls: super::unsafe_sysctls(a)?,
     };
     if settings.lease_duration_secs == 0 {
         return Err("--node-lease-duration-seconds must be positive".into());

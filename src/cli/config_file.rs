@@ -19,8 +19,10 @@ enum Kind {
     Duration,
     /// `[{key, value, effect}]` -> `key=value:effect,...`
     Taints,
-    /// A list of strings -> `a,b,...`
+    /// A list of strings -> `a,b,c`.
     List,
+    /// An integer that may be negative (-1: unlimited).
+    SignedInt,
 }
 
 /// KubeletConfiguration field -> (flag, kind).
@@ -33,6 +35,8 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("healthzBindAddress", "healthz-bind-address", Kind::Str),
     ("maxPods", "max-pods", Kind::Int),
     ("clusterDomain", "cluster-domain", Kind::Str),
+    ("containerLogMaxSize", "container-log-max-size", Kind::Str),
+    ("containerLogMaxFiles", "container-log-max-files", Kind::Int),
     (
         "imageGCHighThresholdPercent",
         "image-gc-high-threshold",
@@ -70,6 +74,9 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("registerWithTaints", "register-with-taints", Kind::Taints),
+    ("seccompDefault", "seccomp-default", Kind::Bool),
+    ("allowedUnsafeSysctls", "allowed-unsafe-sysctls", Kind::List),
+    ("podPidsLimit", "pod-max-pids", Kind::SignedInt),
     ("clusterDNS", "cluster-dns", Kind::List),
     ("resolvConf", "resolv-conf", Kind::Str),
     ("podCIDR", "pod-cidr", Kind::Str),
@@ -79,8 +86,6 @@ const FIELDS: &[(&str, &str, Kind)] = &[
 const NOT_YET: &[&str] = &[
     "address",
     "evictionHard",
-    "containerLogMaxSize",
-    "containerLogMaxFiles",
     "authentication",
     "authorization",
     "readOnlyPort",
@@ -180,6 +185,10 @@ fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
             let items: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
             Ok(items.ok_or_else(|| wrong("a list of strings"))?.join(","))
         }
+        Kind::SignedInt => v
+            .as_i64()
+            .map(|n| n.to_string())
+            .ok_or_else(|| wrong("an integer")),
         Kind::Taints => {
             let list = v.as_array().ok_or_else(|| wrong("a list of taints"))?;
             let mut out = Vec::new();
@@ -240,6 +249,31 @@ mod tests {
         assert!(warnings
             .iter()
             .any(|w| w.contains("unknown field \"surprise\"")));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn security_fields() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             seccompDefault: true\npodPidsLimit: -1\nallowedUnsafeSysctls: [net.core.*, kernel.msgmax]\n",
+        );
+        let mut a = args(&[]);
+        apply(&p, &mut a).unwrap();
+        assert_eq!(a.get("seccomp-default"), Some("true"));
+        assert_eq!(a.get("pod-max-pids"), Some("-1"));
+        assert_eq!(
+            a.get("allowed-unsafe-sysctls"),
+            Some("net.core.*,kernel.msgmax")
+        );
+        std::fs::remove_file(p).unwrap();
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             allowedUnsafeSysctls: [1]\n",
+        );
+        assert!(apply(&p, &mut args(&[]))
+            .unwrap_err()
+            .contains("allowedUnsafeSysctls: Invalid value"));
         std::fs::remove_file(p).unwrap();
     }
 

@@ -62,17 +62,22 @@ fn find_pod(req: &LogsRequest) -> Result<store::StoredPod, String> {
 pub fn run(req: &LogsRequest, out: &mut impl Write) -> Result<(), String> {
     let pod = find_pod(req)?;
     let meta = &pod.record.object["metadata"];
-    let names: Vec<String> = pod.record.object["spec"]["containers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names_in = |list: &str| -> Vec<String> {
+        pod.record.object["spec"][list]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // As kubectl: the default is the only app container; init containers by name.
+    let names = names_in("containers");
+    let init_names = names_in("initContainers");
     let pod_name = meta["name"].as_str().unwrap_or("");
     let container = match (req.container, names.len()) {
-        (Some(c), _) if names.iter().any(|n| n == c) => c.to_string(),
+        (Some(c), _) if names.iter().chain(&init_names).any(|n| n == c) => c.to_string(),
         (Some(c), _) => return Err(format!("container {} is not valid for pod {}", c, pod_name)),
         (None, 1) => names[0].clone(),
         (None, _) => {
@@ -125,7 +130,8 @@ pub fn run(req: &LogsRequest, out: &mut impl Write) -> Result<(), String> {
 }
 
 /// Copies the decoded log; when following, keeps reading until that container is no longer the
-/// running one (it exited or the pod went away).
+/// running one (it exited or the pod went away), across rotations: once the file at `path` is a
+/// new one, the rest of the old one is read, then the new one from its start.
 fn copy_log(
     path: &PathBuf,
     out: &mut impl Write,
@@ -152,6 +158,17 @@ fn copy_log(
         let Some((pod_dir, container, id)) = &follow else {
             return Ok(());
         };
+        if rotated(&file, path) {
+            while reader
+                .copy_available(&mut file, out)
+                .map_err(|e| format!("reading {}: {}", path.display(), e))?
+                > 0
+            {}
+            if let Some(next) = next_after_rotation(&file, path) {
+                file = next;
+                continue;
+            }
+        }
         let still_running = id.is_some()
             && store::load_container(pod_dir, container)
                 .and_then(|r| r.current)
@@ -165,6 +182,32 @@ fn copy_log(
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The file written after `open` was rotated away: the next rotated one if there were several
+/// rotations since, else the current one. If `open` was already pruned, the oldest kept one.
+fn next_after_rotation(open: &std::fs::File, path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = open.metadata().ok()?.ino();
+    let mut chain = crate::runtime::log_file::rotated_files(path);
+    chain.push(path.to_path_buf());
+    let at = chain
+        .iter()
+        .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino));
+    let next = match at {
+        Some(i) => chain.get(i + 1)?,
+        None => chain.first()?,
+    };
+    std::fs::File::open(next).ok()
+}
+
+/// Whether the name now belongs to another file than the one open (the monitor rotated it).
+fn rotated(open: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (open.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino() || a.dev() != b.dev(),
+        _ => false,
     }
 }
 

@@ -29,6 +29,9 @@ usage:
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
               [--cluster-domain DOMAIN] [--cluster-dns IP,...] [--resolv-conf FILE]
               [--cni-conf-dir DIR] [--cni-bin-dir DIR,...] [--pod-cidr CIDR[,CIDR]]
+              [--container-log-max-size 10Mi] [--container-log-max-files 5]
+              [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
+              [--pod-max-pids N]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -77,6 +80,11 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "healthz-port",
     "healthz-bind-address",
     "cluster-domain",
+    "container-log-max-size",
+    "container-log-max-files",
+    "seccomp-profile-root",
+    "allowed-unsafe-sysctls",
+    "pod-max-pids",
     "cni-conf-dir",
     "cni-bin-dir",
     "pod-cidr",
@@ -84,18 +92,27 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "resolv-conf",
 ];
 
+/// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
+/// `--container-log-max-files` (5; at least 2, as the kubelet requires).
+fn log_rotation(a: &Args) -> Result<crate::runtime::log_file::Rotation, String> {
+    let mut r = crate::runtime::log_file::Rotation::DEFAULT;
+    if let Some(s) = a.get("container-log-max-size") {
+        r.max_size = crate::kube::quantity::parse_units(s)
+            .map_err(|e| format!("--container-log-max-size {:?}: {}", s, e))?;
+    }
+    if let Some(s) = a.get("container-log-max-files") {
+        r.max_files =
+            s.parse().ok().filter(|n| *n >= 2).ok_or_else(|| {
+                format!("--container-log-max-files {:?}: a number, at least 2", s)
+            })?;
+    }
+    Ok(r)
+}
+
 /// `--cluster-domain` (default `cluster.local`): pods' FQDNs end with it.
 fn cluster_domain(a: &Args) -> Result<String, String> {
     let d = a.get("cluster-domain").unwrap_or("cluster.local");
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if d.len() > 253 || !d.split('.').all(label_ok) {
+    if !crate::kubelet::manifest::is_dns_subdomain(d) {
         return Err(format!(
             "--cluster-domain {:?}: not a DNS domain (lowercase labels separated by dots)",
             d
@@ -267,7 +284,7 @@ fn validate(rest: &[String]) -> Result<(), String> {
 }
 
 fn run(rest: &[String]) -> Result<(), String> {
-    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose"])?;
+    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose", "seccomp-default"])?;
     let config_warnings = match a.get("config").map(PathBuf::from) {
         Some(path) => config_file::apply(&path, &mut a)?,
         None => Vec::new(),
@@ -361,6 +378,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             cgroups,
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
+            log_rotation: log_rotation(&a)?,
         },
         images: kubelet::image_puller::ImagePuller::new(
             open_image_store(&a)?,
@@ -376,6 +394,8 @@ fn run(rest: &[String]) -> Result<(), String> {
             .ok(),
         cluster: Default::default(),
         cluster_domain: cluster_domain(&a)?,
+        security: security_settings(&a, &config)?,
+        volume_objects: Default::default(),
         network: network.clone(),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
@@ -390,6 +410,45 @@ fn run(rest: &[String]) -> Result<(), String> {
     );
     let cluster_mode = cluster::mode(&a, &config, &version, network)?;
     kubelet::run(config, ctx, cluster_mode)
+}
+
+/// `--seccomp-default` (=true|false), `--seccomp-profile-root` (default `<root-dir>/seccomp`, as
+/// the kubelet's is under its root dir), `--allowed-unsafe-sysctls`, `--pod-max-pids`.
+fn security_settings(a: &Args, config: &Config) -> Result<kubelet::security::Settings, String> {
+    let seccomp_default = match a.get("seccomp-default") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("--seccomp-default {:?}: must be true or false", v)),
+    };
+    let pod_pids_limit = match a.get("pod-max-pids") {
+        None => -1,
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| format!("--pod-max-pids {:?}: not a number (-1: unlimited)", v))?,
+    };
+    Ok(kubelet::security::Settings {
+        seccomp_default,
+        seccomp_profile_root: a
+            .get("seccomp-profile-root")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config.root_dir.join("seccomp")),
+        allowed_unsafe_sysctls: unsafe_sysctls(a)?,
+        pod_pids_limit,
+    })
+}
+
+/// `--allowed-unsafe-sysctls a.b,c.*`, checked as the kubelet does at start-up.
+pub(crate) fn unsafe_sysctls(a: &Args) -> Result<Vec<String>, String> {
+    let list: Vec<String> = a
+        .get("allowed-unsafe-sysctls")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    kubelet::sysctls::validate_allowlist(&list)?;
+    Ok(list)
 }
 
 /// `--cni-conf-dir`, `--cni-bin-dir`, `--pod-cidr`, `--cluster-dns`, `--resolv-conf`.

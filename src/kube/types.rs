@@ -53,6 +53,10 @@ pub struct PodSpec {
     pub set_hostname_as_fqdn: Option<bool>,
     #[serde(default)]
     pub host_aliases: Vec<HostAlias>,
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    #[serde(default)]
+    pub share_process_namespace: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -170,6 +174,10 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: Option<bool>,
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub seccomp_profile: Option<SeccompProfile>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -342,4 +350,44 @@ pub struct ResourceFieldSelector {
     /// A quantity, as a JSON string or number.
     #[serde(default)]
     pub divisor: Option<serde_json::Value>,
+}
+
+// ---- pod-level security ----
+
+/// `spec.securityContext`: what applies to every container of the pod unless the container's
+/// own securityContext says otherwise (and the pod-only fields).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default)]
+    pub run_as_group: Option<i64>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub supplemental_groups: Vec<i64>,
+    #[serde(default)]
+    pub fs_group: Option<i64>,
+    #[serde(default)]
+    pub sysctls: Vec<Sysctl>,
+    #[serde(default)]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sysctl {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `seccompProfile`: `type` is RuntimeDefault, Unconfined or Localhost (with `localhostProfile`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompProfile {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub localhost_profile: Option<String>,
 }

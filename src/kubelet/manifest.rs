@@ -271,6 +271,34 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
     if spec["hostUsers"] == false {
         return not_yet("spec.hostUsers".into(), "user namespaces are");
     }
+    // As the kubelet on a host without AppArmor: a pod that asks for confinement is refused.
+    let apparmor = |sc: &Value| {
+        sc["appArmorProfile"]["type"]
+            .as_str()
+            .is_some_and(|t| t != "Unconfined")
+    };
+    let wants_apparmor = apparmor(&spec["securityContext"])
+        || ["initContainers", "containers"].iter().any(|l| {
+            spec[*l]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| apparmor(&c["securityContext"]))
+        })
+        || object["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, v)| {
+                k.starts_with("container.apparmor.security.beta.kubernetes.io/")
+                    && v != "unconfined"
+            });
+    if wants_apparmor {
+        return Some(
+            "appArmorProfile: Forbidden: AppArmor is not supported by tinylet (the pod asks for an AppArmor profile)"
+                .into(),
+        );
+    }
     if let Some(os) = spec["os"]["name"].as_str().filter(|os| *os != "linux") {
         return Some(format!(
             "spec.os.name: Unsupported value: {:?}: this node runs linux pods",
@@ -302,6 +330,20 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
             ] {
                 if set(&c[f]) {
                     return not_yet(field(f), what);
+                }
+            }
+            for (j, m) in c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let propagation = m["mountPropagation"].as_str().unwrap_or("None");
+                if propagation != "None" {
+                    return not_yet(
+                        field(&format!("volumeMounts[{}].mountPropagation", j)),
+                        &format!("{:?} is", propagation),
+                    );
                 }
             }
         }
@@ -495,7 +537,7 @@ fn is_env_var_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
@@ -672,6 +714,15 @@ mod tests {
                 err
             );
         }
+        let confined = format!(
+            "{}    securityContext: {{appArmorProfile: {{type: RuntimeDefault}}}}\n",
+            GOOD
+        );
+        assert!(parse(&confined)
+            .remove(0)
+            .unwrap_err()
+            .message
+            .contains("AppArmor"));
         let windows = format!("{}  os: {{name: windows}}\n", GOOD);
         assert!(parse(&windows)
             .remove(0)

@@ -9,9 +9,11 @@ pub mod image_puller;
 pub mod manifest;
 pub mod pod_worker;
 pub mod prober;
+pub mod security;
 pub mod static_source;
 pub mod status;
 pub mod store;
+pub mod sysctls;
 
 use crate::config::Config;
 use crate::fsutil;
@@ -40,6 +42,10 @@ pub struct Context {
     pub cluster: std::sync::OnceLock<Arc<cluster::Link>>,
     /// `--cluster-domain`: pods' fully qualified names end in `svc.<this>`.
     pub cluster_domain: String,
+    /// Seccomp, sysctl and pids settings (kubelet flags).
+    pub security: security::Settings,
+    /// configMaps and secrets read for volumes, shared by the pod workers for a short while.
+    pub volume_objects: pod_worker::VolumeObjects,
     /// The pod network (CNI) and the pods' DNS settings.
     pub network: Arc<crate::network::Network>,
 }
@@ -91,7 +97,8 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
         let _ = ctx.cluster.set(link);
     }
 
-    let mut source = StaticSource::new(&config.pod_manifest_path, &config.node_name);
+    let mut source = StaticSource::new(&config.pod_manifest_path, &config.node_name)
+        .allowing_unsafe_sysctls(ctx.security.allowed_unsafe_sysctls.clone());
     source.scan();
     let first = source.desired();
     let source_tx = tx.clone();

@@ -27,6 +27,8 @@ pub struct StaticSource {
     files: BTreeMap<PathBuf, FileState>,
     inotify: Option<Inotify>,
     missing_dir_logged: bool,
+    /// `--allowed-unsafe-sysctls`, for the sysctl admission of each pod.
+    allowed_unsafe_sysctls: Vec<String>,
 }
 
 impl StaticSource {
@@ -37,7 +39,14 @@ impl StaticSource {
             files: BTreeMap::new(),
             inotify: None,
             missing_dir_logged: false,
+            allowed_unsafe_sysctls: Vec::new(),
         }
+    }
+
+    /// Pods may also use these unsafe sysctls (names or `prefix*`).
+    pub fn allowing_unsafe_sysctls(mut self, patterns: Vec<String>) -> StaticSource {
+        self.allowed_unsafe_sysctls = patterns;
+        self
     }
 
     /// Re-reads what changed; returns true when the desired set may differ from before.
@@ -83,7 +92,24 @@ impl StaticSource {
                 continue;
             }
             changed = true;
-            let results = read_manifest_file(&path, &self.node_name);
+            let mut results = read_manifest_file(&path, &self.node_name);
+            // The kubelet's admission: a pod it would reject is reported like a manifest error.
+            for r in results.iter_mut() {
+                if let Ok(p) = r {
+                    if let Err(e) = super::sysctls::admit(&p.spec, &self.allowed_unsafe_sysctls) {
+                        *r = Err(ManifestError {
+                            file: path.clone(),
+                            document: None,
+                            message: format!(
+                                "pod {}: {}: spec.securityContext.sysctls: {}",
+                                p.full_name(),
+                                super::sysctls::FORBIDDEN_REASON,
+                                e
+                            ),
+                        });
+                    }
+                }
+            }
             for r in &results {
                 if let Err(e) = r {
                     log::error!("{}", e);

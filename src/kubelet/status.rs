@@ -50,41 +50,47 @@ pub fn phase(spec: &PodSpec, statuses: &[ContainerStatus]) -> &'static str {
     }
 }
 
-/// Guaranteed, Burstable or BestEffort (requests default to limits, as the API server does).
+/// Guaranteed, Burstable or BestEffort, by the kubelet's GetPodQOS: only cpu and memory count,
+/// zero quantities are ignored, requests default to limits (as the API server defaults them),
+/// and a pod is Guaranteed when every container limits both cpu and memory and the pod's summed
+/// requests equal its summed limits.
 pub fn qos_class(spec: &PodSpec) -> &'static str {
-    let mut any = false;
+    let mut requests = [0u64; 2];
+    let mut limits = [0u64; 2];
+    let (mut any_request, mut any_limit) = ([false; 2], [false; 2]);
     let mut guaranteed = true;
     for c in &spec.containers {
         let r = &c.resources;
-        if !r.limits.is_empty() || !r.requests.is_empty() {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let limit = r.limits.get(res).and_then(quantity::value_to_string);
-            let request = r
-                .requests
-                .get(res)
-                .and_then(quantity::value_to_string)
-                .or_else(|| limit.clone());
-            let parse = |s: &String| {
+        for (i, res) in ["cpu", "memory"].into_iter().enumerate() {
+            let parse = |v: Option<&serde_json::Value>| {
+                let s = v.and_then(quantity::value_to_string)?;
                 if res == "cpu" {
-                    quantity::parse_millis(s).ok()
+                    quantity::parse_millis(&s).ok()
                 } else {
-                    quantity::parse_units(s).ok()
+                    quantity::parse_units(&s).ok()
                 }
             };
-            match (
-                limit.as_ref().and_then(parse),
-                request.as_ref().and_then(parse),
-            ) {
-                (Some(l), Some(q)) if l == q => {}
-                _ => guaranteed = false,
+            let limit = parse(r.limits.get(res)).filter(|v| *v > 0);
+            let request = parse(r.requests.get(res))
+                .or_else(|| (!r.requests.contains_key(res)).then_some(limit).flatten())
+                .filter(|v| *v > 0);
+            if let Some(q) = request {
+                requests[i] += q;
+                any_request[i] = true;
+            }
+            match limit {
+                Some(l) => {
+                    limits[i] += l;
+                    any_limit[i] = true;
+                }
+                None => guaranteed = false,
             }
         }
     }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
+    if any_request == [false; 2] && any_limit == [false; 2] {
+        return "BestEffort";
+    }
+    if guaranteed && any_request == any_limit && requests == limits {
         "Guaranteed"
     } else {
         "Burstable"
@@ -369,6 +375,32 @@ mod tests {
         s.containers[0].resources.requests =
             [("cpu".to_string(), serde_json::json!("100m"))].into();
         assert_eq!(qos_class(&s), "Burstable");
+        // Requests equal to the limits, written out: still Guaranteed.
+        s.containers[0].resources.requests = [
+            ("cpu".to_string(), serde_json::json!("0.5")),
+            ("memory".to_string(), serde_json::json!("64Mi")),
+        ]
+        .into();
+        assert_eq!(qos_class(&s), "Guaranteed");
+        // A memory limit alone is Burstable; other resources and zeros do not count.
+        s.containers[0].resources.requests.clear();
+        s.containers[0].resources.limits =
+            [("memory".to_string(), serde_json::json!("64Mi"))].into();
+        assert_eq!(qos_class(&s), "Burstable");
+        s.containers[0].resources.limits = [
+            ("ephemeral-storage".to_string(), serde_json::json!("1Gi")),
+            ("cpu".to_string(), serde_json::json!("0")),
+        ]
+        .into();
+        assert_eq!(qos_class(&s), "BestEffort");
+        // Every container must be limited for Guaranteed.
+        let mut two = spec("Always", &["a", "b"]);
+        two.containers[0].resources.limits = [
+            ("cpu".to_string(), serde_json::json!("1")),
+            ("memory".to_string(), serde_json::json!("1Gi")),
+        ]
+        .into();
+        assert_eq!(qos_class(&two), "Burstable");
     }
 
     #[test]

@@ -1,5 +1,13 @@
-//! Pod-level cgroups (`<cgroup-root>/kubepods/pod<UID>`) on cgroup v1 and v2. Container cgroups
-//! are children of the pod's and are created by runc from the OCI spec's `cgroupsPath`.
+//! Pod-level cgroups on cgroup v1 and v2, in the kubelet's QoS layout (cgroupfs driver):
+//! `<cgroup-root>/kubepods/pod<UID>` for Guaranteed pods, `kubepods/burstable/pod<UID>` and
+//! `kubepods/besteffort/pod<UID>` for the others. Container cgroups are children of the pod's
+//! and are created by runc from the OCI spec's `cgroupsPath`.
+//!
+//! The QoS-level cgroups get the kubelet's cpu.shares: 2 for besteffort, and for burstable the
+//! sum of its pods' shares (their cpu requests), recomputed from the pod cgroups on disk each
+//! time a pod cgroup is made or removed — the kubelet also recounts on its periodic sync; a
+//! change by two pods at the same instant is corrected by the next one. `kubepods` itself
+//! gets the node's CPU capacity in shares.
 
 use std::fs;
 use std::io;
@@ -47,7 +55,30 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub cpu_limit_millis: Option<u64>,
     pub cpu_request_millis: Option<u64>,
+    /// pids.max; None leaves the controller's default (unlimited).
+    pub pids: Option<u64>,
 }
+
+/// The parent of a pod's cgroup under `kubepods`, by QoS class ("" for Guaranteed).
+pub fn qos_dir(qos_class: &str) -> &'static str {
+    match qos_class {
+        "Guaranteed" => "",
+        "Burstable" => "burstable",
+        _ => "besteffort",
+    }
+}
+
+/// `<cgroup-root>/kubepods[/<qos>]/pod<uid>`.
+pub fn pod_cgroup_path(cgroup_root: &str, qos_class: &str, uid: &str) -> String {
+    let base = format!("{}/kubepods", cgroup_root.trim_end_matches('/'));
+    match qos_dir(qos_class) {
+        "" => format!("{}/pod{}", base, uid),
+        q => format!("{}/{}/pod{}", base, q, uid),
+    }
+}
+
+/// The kubelet's MinShares: the cpu.shares of BestEffort.
+const MIN_SHARES: u64 = 2;
 
 impl Hierarchy {
     /// Finds the hierarchy the host uses: v2 when /sys/fs/cgroup is cgroup2, else v1.
@@ -74,7 +105,82 @@ impl Hierarchy {
         }
     }
 
-    /// Creates the pod cgroup and applies the pod-level limits.
+    /// Makes the QoS-level cgroups under `<cgroup_root>/kubepods` with their cpu.shares, then
+    /// the pod cgroup with its limits (`pod_cgroup_path`).
+    pub fn create_pod(
+        &self,
+        cgroup_root: &str,
+        pod_cgroup: &str,
+        limits: &Limits,
+    ) -> io::Result<()> {
+        let kubepods = format!("{}/kubepods", cgroup_root.trim_end_matches('/'));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        self.create(
+            &kubepods,
+            &Limits {
+                cpu_request_millis: Some(cpus * 1000),
+                ..Default::default()
+            },
+        )?;
+        for q in ["burstable", "besteffort"] {
+            self.create(
+                &format!("{}/{}", kubepods, q),
+                &Limits {
+                    cpu_request_millis: Some(0),
+                    ..Default::default()
+                },
+            )?;
+        }
+        self.create(pod_cgroup, limits)?;
+        self.update_burstable_shares(&kubepods);
+        Ok(())
+    }
+
+    /// Removes a pod cgroup made by `create_pod` and recounts the burstable shares.
+    pub fn remove_pod(&self, cgroup_root: &str, pod_cgroup: &str) -> io::Result<()> {
+        self.remove(pod_cgroup)?;
+        self.update_burstable_shares(&format!("{}/kubepods", cgroup_root.trim_end_matches('/')));
+        Ok(())
+    }
+
+    /// burstable's cpu.shares = the sum of its pods' (at least MinShares). Best effort: a
+    /// failure only leaves the previous value.
+    fn update_burstable_shares(&self, kubepods: &str) {
+        let burstable = format!("{}/burstable", kubepods);
+        let (controller, file) = match self {
+            Hierarchy::V1 { .. } => ("cpu", "cpu.shares"),
+            Hierarchy::V2 { .. } => ("", "cpu.weight"),
+        };
+        let Some(dir) = self.dirs(&burstable, &[controller]).into_iter().next() else {
+            return;
+        };
+        let mut total = 0u64;
+        for pod in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !pod.file_name().to_string_lossy().starts_with("pod") {
+                continue;
+            }
+            let Some(v) = fs::read_to_string(pod.path().join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            total += match self {
+                Hierarchy::V1 { .. } => v,
+                Hierarchy::V2 { .. } => weight_to_shares(v),
+            };
+        }
+        let shares = total.clamp(MIN_SHARES, 262_144);
+        let value = match self {
+            Hierarchy::V1 { .. } => shares,
+            Hierarchy::V2 { .. } => shares_to_weight(shares),
+        };
+        if let Err(e) = fs::write(dir.join(file), value.to_string()) {
+            log::debug!("cgroup {}: setting {}: {}", burstable, file, e);
+        }
+    }
+
+    /// Creates a cgroup and applies the limits.
     pub fn create(&self, cgroup: &str, limits: &Limits) -> io::Result<()> {
         if let Hierarchy::V2 { mount } = self {
             enable_v2_controllers(mount, cgroup)?;
@@ -107,6 +213,9 @@ impl Hierarchy {
                 if let Some(r) = l.cpu_request_millis {
                     out.push((("cpu", "cpu.shares"), cpu_shares(r).to_string()));
                 }
+                if let Some(p) = l.pids {
+                    out.push((("pids", "pids.max"), p.to_string()));
+                }
             }
             Hierarchy::V2 { .. } => {
                 if let Some(m) = l.memory_bytes {
@@ -123,6 +232,9 @@ impl Hierarchy {
                         ("", "cpu.weight"),
                         shares_to_weight(cpu_shares(r)).to_string(),
                     ));
+                }
+                if let Some(p) = l.pids {
+                    out.push((("", "pids.max"), p.to_string()));
                 }
             }
         }
@@ -201,6 +313,12 @@ pub fn cpu_shares(millis: u64) -> u64 {
 /// cgroup v2 weight from v1 shares, the conversion runc and the kubelet use.
 pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares.saturating_sub(2)) * 9999) / 262_142
+}
+
+/// The least shares `shares_to_weight` maps to `weight` (to sum the burstable pods' weights
+/// as shares; the conversion is lossy, so the sum is approximate on v2).
+pub fn weight_to_shares(weight: u64) -> u64 {
+    2 + (weight.saturating_sub(1) * 262_142).div_ceil(9999)
 }
 
 /// On v2 a child only gets a controller when every ancestor delegates it in cgroup.subtree_control.
@@ -287,8 +405,10 @@ mod tests {
             memory_bytes: Some(64 << 20),
             cpu_limit_millis: Some(250),
             cpu_request_millis: Some(100),
+            pids: Some(64),
         };
         let f1 = v1.limit_files(&l);
+        assert!(f1.contains(&(("pids", "pids.max"), "64".into())));
         assert!(f1.contains(&(("memory", "memory.limit_in_bytes"), "67108864".into())));
         assert!(f1.contains(&(("cpu", "cpu.cfs_quota_us"), "25000".into())));
         assert!(f1.contains(&(("cpu", "cpu.shares"), "102".into())));
@@ -296,6 +416,7 @@ mod tests {
         assert!(f2.contains(&(("", "memory.max"), "67108864".into())));
         assert!(f2.contains(&(("", "cpu.max"), "25000 100000".into())));
         assert!(f2.contains(&(("", "cpu.weight"), "4".into())));
+        assert!(f2.contains(&(("", "pids.max"), "64".into())));
         assert_eq!(
             v2.dirs("/kubepods/podx", &[]),
             vec![PathBuf::from("/nonexistent-cg2/kubepods/podx")]
@@ -315,6 +436,57 @@ mod tests {
             1
         );
         assert_eq!(parse_oom_kill(""), 0);
+    }
+
+    #[test]
+    fn qos_layout_paths() {
+        assert_eq!(pod_cgroup_path("/", "Guaranteed", "u1"), "/kubepods/podu1");
+        assert_eq!(
+            pod_cgroup_path("/edge/", "Burstable", "u1"),
+            "/edge/kubepods/burstable/podu1"
+        );
+        assert_eq!(
+            pod_cgroup_path("/", "BestEffort", "u1"),
+            "/kubepods/besteffort/podu1"
+        );
+        for w in [1, 39, 100, 10_000] {
+            assert_eq!(shares_to_weight(weight_to_shares(w)), w);
+        }
+        assert_eq!(weight_to_shares(1), 2);
+    }
+
+    #[test]
+    fn v2_qos_cgroups_on_a_fake_mount() {
+        let mount = std::env::temp_dir().join(format!("tinylet-cg2q-{}", std::process::id()));
+        fs::create_dir_all(&mount).unwrap();
+        fs::write(mount.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let h = Hierarchy::V2 {
+            mount: mount.clone(),
+        };
+        let read = |p: &str| fs::read_to_string(mount.join(p)).unwrap();
+        let burstable = |uid: &str, millis: u64| {
+            h.create_pod(
+                "/",
+                &pod_cgroup_path("/", "Burstable", uid),
+                &Limits {
+                    cpu_request_millis: Some(millis),
+                    pids: Some(100),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        burstable("a", 1000);
+        assert_eq!(read("kubepods/besteffort/cpu.weight"), "1");
+        assert_eq!(read("kubepods/burstable/poda/pids.max"), "100");
+        assert_eq!(
+            read("kubepods/burstable/cpu.weight"),
+            read("kubepods/burstable/poda/cpu.weight")
+        );
+        burstable("b", 1000);
+        let two = weight_to_shares(read("kubepods/burstable/cpu.weight").parse().unwrap());
+        assert!((1950..=2100).contains(&two), "{}", two);
+        fs::remove_dir_all(&mount).unwrap();
     }
 
     #[test]

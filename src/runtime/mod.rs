@@ -3,10 +3,12 @@
 //! `kubelet` decides what to run and when.
 
 pub mod cgroups;
+pub mod log_file;
 pub mod logs;
 pub mod rootfs;
 pub mod runc;
 pub mod sandbox;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod watch;
@@ -38,11 +40,15 @@ pub struct Runtime {
     pub cgroup_root: String,
     /// This binary, started in `shim` mode as each container's monitor.
     pub self_exe: PathBuf,
+    /// `--container-log-max-size` / `--container-log-max-files`, applied by each monitor.
+    pub log_rotation: log_file::Rotation,
 }
 
 /// What a new container needs beyond its OCI spec.
 pub struct StartRequest<'a> {
     pub pod_uid: &'a str,
+    /// The pod's QoS class: where its cgroup is (`cgroups::pod_cgroup_path`).
+    pub qos_class: &'a str,
     pub snapshot: &'a Path,
     pub spec: &'a serde_json::Value,
     pub log_path: &'a Path,
@@ -57,16 +63,12 @@ impl Runtime {
         self.root_dir.join("containers").join(id)
     }
 
-    pub fn pod_cgroup(&self, uid: &str) -> String {
-        format!(
-            "{}/kubepods/pod{}",
-            self.cgroup_root.trim_end_matches('/'),
-            uid
-        )
+    pub fn pod_cgroup(&self, qos_class: &str, uid: &str) -> String {
+        cgroups::pod_cgroup_path(&self.cgroup_root, qos_class, uid)
     }
 
-    pub fn container_cgroup(&self, uid: &str, id: &str) -> String {
-        format!("{}/{}", self.pod_cgroup(uid), id)
+    pub fn container_cgroup(&self, qos_class: &str, uid: &str, id: &str) -> String {
+        format!("{}/{}", self.pod_cgroup(qos_class, uid), id)
     }
 
     /// Makes the bundle: rootfs (overlay over the image snapshot) and config.json.
@@ -79,7 +81,7 @@ impl Runtime {
             let mut spec = req.spec.clone();
             spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
             spec["linux"]["cgroupsPath"] =
-                serde_json::json!(self.container_cgroup(req.pod_uid, id));
+                serde_json::json!(self.container_cgroup(req.qos_class, req.pod_uid, id));
             fsutil::write_json_volatile(&bundle.join("config.json"), &spec)
                 .map_err(|e| format!("writing config.json: {}", e))
         })();
@@ -97,7 +99,8 @@ impl Runtime {
             bundle: self.bundle(id),
             runc: self.runc.clone(),
             log_path: req.log_path.to_path_buf(),
-            cgroup: self.container_cgroup(req.pod_uid, id),
+            cgroup: self.container_cgroup(req.qos_class, req.pod_uid, id),
+            log_rotation: self.log_rotation,
         };
         let result = Command::new(&self.self_exe)
             .args(args.to_args())

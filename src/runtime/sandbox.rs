@@ -2,6 +2,10 @@
 //! tinylet itself (no pause container). A short-lived thread unshares them, brings up loopback,
 //! sets the hostname, and bind-mounts its `/proc/<tid>/ns/*` files under the pod directory so the
 //! namespaces outlive the thread; runc then joins them by path. A tmpfs for /dev/shm is shared too.
+//!
+//! A shared PID namespace (`shareProcessNamespace`) cannot be pinned that way: it dies with its
+//! first process. The thread forks a minimal init into it (`pause`: reaps orphans, nothing
+//! else), which lives until the pod is removed; its pid is kept in `ns/pause.pid`.
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -13,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub struct SandboxOptions {
     pub host_network: bool,
     pub host_ipc: bool,
+    /// shareProcessNamespace: one PID namespace for all containers of the pod.
+    pub share_pid: bool,
 }
 
 /// Paths of a pod's namespaces; `None` means the host's.
@@ -22,6 +28,8 @@ pub struct Sandbox {
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
     pub shm: PathBuf,
+    /// The pod's shared PID namespace, if it has one.
+    pub pid: Option<PathBuf>,
 }
 
 fn ns_dir(pod_dir: &Path) -> PathBuf {
@@ -70,6 +78,9 @@ pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result
     if !opts.host_ipc {
         kinds.push(("ipc", CloneFlags::CLONE_NEWIPC));
     }
+    if opts.share_pid {
+        kinds.push(("pid", CloneFlags::CLONE_NEWPID));
+    }
     let shm = pod_dir.join("shm");
     if !is_mountpoint(&shm) {
         fs::create_dir_all(&shm).map_err(|e| ctx(e, "creating", &shm))?;
@@ -88,14 +99,16 @@ pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result
         ipc: path("ipc"),
         uts: path("uts"),
         shm,
+        pid: path("pid"),
     };
-    if kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k))) {
+    if kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k))) && (!opts.share_pid || pause_alive(&dir)) {
         return Ok(PendingSandbox {
             sandbox,
             namespaces: None,
         });
     }
     // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
+    kill_pause(&dir);
     unmount_namespaces(&dir);
     for (k, _) in &kinds {
         let f = dir.join(k);
@@ -136,8 +149,17 @@ fn unshare_and_pin(
         loopback_up().map_err(|e| io::Error::other(format!("bringing up lo: {}", e)))?;
     }
     let tid = nix::unistd::gettid();
+    if flags.contains(CloneFlags::CLONE_NEWPID) {
+        start_pause(dir)?;
+    }
     for name in names {
-        let src = PathBuf::from(format!("/proc/self/task/{}/ns/{}", tid, name));
+        // unshare(CLONE_NEWPID) moves only this thread's future children.
+        let file = if name == "pid" {
+            "pid_for_children"
+        } else {
+            name
+        };
+        let src = PathBuf::from(format!("/proc/self/task/{}/ns/{}", tid, file));
         let dst = dir.join(name);
         mount(
             Some(&src),
@@ -189,6 +211,7 @@ fn loopback_up() -> io::Result<()> {
 /// Unmounts and removes everything `ensure` made. Safe to call on a half-made or absent sandbox.
 pub fn remove(pod_dir: &Path) -> io::Result<()> {
     let dir = ns_dir(pod_dir);
+    kill_pause(&dir);
     unmount_namespaces(&dir);
     let shm = pod_dir.join("shm");
     if is_mountpoint(&shm) {
@@ -204,7 +227,7 @@ pub fn remove(pod_dir: &Path) -> io::Result<()> {
 }
 
 fn unmount_namespaces(dir: &Path) {
-    for k in ["net", "ipc", "uts"] {
+    for k in ["net", "ipc", "uts", "pid"] {
         let f = dir.join(k);
         while is_nsfs(&f) {
             if umount2(&f, MntFlags::MNT_DETACH).is_err() {
@@ -212,6 +235,102 @@ fn unmount_namespaces(dir: &Path) {
             }
         }
     }
+}
+
+/// Forks the shared PID namespace's init: the first child of this thread after
+/// unshare(CLONE_NEWPID) is pid 1 there. Its pid is written to `pause.pid`.
+fn start_pause(dir: &Path) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: fork(2) from a multi-threaded process: the child only makes async-signal-safe
+    // system calls (no allocation, no locks) in `pause_main`, which never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::other(format!(
+            "forking the pod's pid 1: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    if pid == 0 {
+        pause_main();
+    }
+    let file = dir.join(PAUSE_PID);
+    fs::write(&file, pid.to_string()).map_err(|e| ctx(e, "writing", &file))
+}
+
+const PAUSE_PID: &str = "pause.pid";
+
+/// The shared PID namespace's init: detached from the agent (own session, no inherited file
+/// descriptors, so no lock or socket of the agent outlives it), reaping the orphans the kernel
+/// hands it. SIGKILL from the agent ends it, and with it every process left in the namespace.
+fn pause_main() -> ! {
+    use nix::libc;
+    // SAFETY: only async-signal-safe calls on this frame's own memory; see start_pause.
+    unsafe {
+        libc::setsid();
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        let name = b"pause\0";
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&chld, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The pause process recorded for `dir` still runs, in the namespace pinned there.
+fn pause_alive(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(pid) = read_pause_pid(dir) else {
+        return false;
+    };
+    match (
+        fs::metadata(format!("/proc/{}/ns/pid", pid)),
+        fs::metadata(dir.join("pid")),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn read_pause_pid(dir: &Path) -> Option<i32> {
+    fs::read_to_string(dir.join(PAUSE_PID))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 1)
+}
+
+/// SIGKILL to the pod's pause process (if it is still the one in the pinned namespace), and
+/// reaped when this agent is its parent.
+fn kill_pause(dir: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    if pause_alive(dir) {
+        if let Some(pid) = read_pause_pid(dir).map(Pid::from_raw) {
+            let _ = kill(pid, Signal::SIGKILL);
+            for _ in 0..100 {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    _ => break, // reaped, or not our child (an adopted pod)
+                }
+            }
+        }
+    }
+    let _ = fs::remove_file(dir.join(PAUSE_PID));
 }
 
 /// An nsfs bind mount: the file's filesystem magic is NSFS_MAGIC.

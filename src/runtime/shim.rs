@@ -16,9 +16,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -93,6 +91,7 @@ pub struct ShimArgs {
     pub runc: Runc,
     pub log_path: PathBuf,
     pub cgroup: String,
+    pub log_rotation: super::log_file::Rotation,
 }
 
 impl ShimArgs {
@@ -105,19 +104,25 @@ impl ShimArgs {
             self.runc.root.display().to_string(),
             self.log_path.display().to_string(),
             self.cgroup.clone(),
+            self.log_rotation.max_size.to_string(),
+            self.log_rotation.max_files.to_string(),
         ]
     }
 
     pub fn parse(args: &[String]) -> Result<ShimArgs, String> {
         match args {
-            [id, bundle, binary, root, log, cgroup] => Ok(ShimArgs {
+            [id, bundle, binary, root, log, cgroup, max_size, max_files] => Ok(ShimArgs {
                 id: id.clone(),
                 bundle: bundle.into(),
                 runc: Runc { binary: binary.into(), root: root.into() },
                 log_path: log.into(),
                 cgroup: cgroup.clone(),
+                log_rotation: super::log_file::Rotation {
+                    max_size: max_size.parse().map_err(|_| format!("shim: bad log size {:?}", max_size))?,
+                    max_files: max_files.parse().map_err(|_| format!("shim: bad log file count {:?}", max_files))?,
+                },
             }),
-            _ => Err("usage: tinylet shim ID BUNDLE RUNC RUNC_ROOT LOG_PATH CGROUP (started by tinylet run, not by hand)".into()),
+            _ => Err("usage: tinylet shim ID BUNDLE RUNC RUNC_ROOT LOG_PATH CGROUP LOG_MAX_SIZE LOG_MAX_FILES (started by tinylet run, not by hand)".into()),
         }
     }
 }
@@ -183,11 +188,7 @@ fn monitor(a: &ShimArgs) -> Result<(), String> {
     if let Some(dir) = a.log_path.parent() {
         fsutil::ensure_dir(dir).map_err(|e| e.to_string())?;
     }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(&a.log_path)
+    let mut log = super::log_file::LogFile::open(&a.log_path, a.log_rotation)
         .map_err(|e| format!("opening log {}: {}", a.log_path.display(), e))?;
     let (out_r, out_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e))?;
@@ -305,7 +306,12 @@ impl Pipes {
     /// Polls the pipes (and the signalfd, if given), copying available output to the log.
     /// With a signalfd: returns true as soon as it is readable (false once both pipes hit EOF).
     /// Without: keeps going until both pipes reach EOF or `timeout_ms` has passed.
-    fn pump(&mut self, log: &mut std::fs::File, sigfd: Option<&SignalFd>, timeout_ms: u64) -> bool {
+    fn pump(
+        &mut self,
+        log: &mut super::log_file::LogFile,
+        sigfd: Option<&SignalFd>,
+        timeout_ms: u64,
+    ) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let mut buf = [0u8; 32 * 1024];
         loop {
@@ -361,7 +367,7 @@ impl Pipes {
         }
     }
 
-    fn finish(&mut self, log: &mut std::fs::File) {
+    fn finish(&mut self, log: &mut super::log_file::LogFile) {
         for s in &mut self.splitters {
             let _ = s.finish(log);
         }

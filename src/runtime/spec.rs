@@ -1,6 +1,7 @@
 //! The OCI runtime spec (config.json) for one container of a pod: what runc is asked to run.
 
 use super::sandbox::Sandbox;
+use super::seccomp;
 use crate::kube::types::{Container, SecurityContext};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -108,6 +109,14 @@ pub struct SpecInput<'a> {
     pub binds: Vec<(String, std::path::PathBuf, bool)>,
     /// The image's device nodes, created by runc in privileged containers only.
     pub devices: Vec<crate::image::DeviceNode>,
+    /// Supplementary groups of the process (image groups, fsGroup, supplementalGroups).
+    pub additional_gids: Vec<u32>,
+    /// The pod's sysctls, already admitted (`linux.sysctl`).
+    pub sysctls: Vec<(String, String)>,
+    /// The seccomp profile; privileged containers are unconfined whatever it says.
+    pub seccomp: seccomp::Profile,
+    /// The pod's shared PID namespace (shareProcessNamespace), joined by path.
+    pub pid_namespace: Option<std::path::PathBuf>,
 }
 
 pub fn build(input: &SpecInput) -> Result<Value, String> {
@@ -116,8 +125,10 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
     let caps = capabilities(&sc, privileged)?;
 
     let mut namespaces = vec![json!({"type": "mount"})];
-    if !input.host_pid {
-        namespaces.push(json!({"type": "pid"}));
+    match (&input.pid_namespace, input.host_pid) {
+        (_, true) => {}
+        (Some(p), false) => namespaces.push(json!({"type": "pid", "path": p})),
+        (None, false) => namespaces.push(json!({"type": "pid"})),
     }
     for (kind, path) in [
         ("network", &input.sandbox.net),
@@ -154,6 +165,23 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
         "cgroupsPath": input.cgroups_path,
         "resources": resources,
     });
+    if !input.sysctls.is_empty() {
+        linux["sysctl"] = input
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<serde_json::Map<String, Value>>()
+            .into();
+    }
+    // containerd gives privileged containers no seccomp filter, whatever the profile says.
+    let profile = if privileged {
+        &seccomp::Profile::Unconfined
+    } else {
+        &input.seccomp
+    };
+    if let Some(filter) = seccomp::oci(profile, &caps)? {
+        linux["seccomp"] = filter;
+    }
     if !privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -176,11 +204,12 @@ pub fn build(input: &SpecInput) -> Result<Value, String> {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": input.uid, "gid": input.gid},
+            "user": {"uid": input.uid, "gid": input.gid, "additionalGids": input.additional_gids},
             "args": input.args,
             "env": input.env,
             "cwd": input.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            // The kubelet's AddNoNewPrivileges: only an explicit allowPrivilegeEscalation: false.
             "noNewPrivileges": sc.allow_privilege_escalation == Some(false),
         },
         "root": {"path": input.rootfs, "readonly": sc.read_only_root_filesystem.unwrap_or(false)},
@@ -215,12 +244,15 @@ fn all_available_caps() -> Vec<String> {
         .collect()
 }
 
+/// containerd's CRI order: "ALL" in add gives every capability, then "ALL" in drop removes
+/// every one, then the named adds, then the named drops. So `drop: [ALL], add: [NET_BIND_SERVICE]`
+/// leaves only NET_BIND_SERVICE, and `add: [ALL], drop: [CHOWN]` everything but CHOWN.
 fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, String> {
     if privileged {
         return Ok(all_available_caps());
     }
     let norm = |c: &str| {
-        let up = c.to_ascii_uppercase();
+        let up = c.trim().to_ascii_uppercase();
         if up.starts_with("CAP_") {
             up
         } else {
@@ -228,24 +260,29 @@ fn capabilities(sc: &SecurityContext, privileged: bool) -> Result<Vec<String>, S
         }
     };
     let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
-    if let Some(c) = &sc.capabilities {
-        for add in &c.add {
-            let n = norm(add);
-            if n == "CAP_ALL" {
-                caps = all_available_caps();
-            } else if !ALL_CAPS.contains(&n.as_str()) {
+    let Some(c) = &sc.capabilities else {
+        return Ok(caps);
+    };
+    let is_all = |x: &String| norm(x) == "CAP_ALL";
+    if c.add.iter().any(is_all) {
+        caps = all_available_caps();
+    }
+    if c.drop.iter().any(is_all) {
+        caps.clear();
+    }
+    for (field, list) in [("add", &c.add), ("drop", &c.drop)] {
+        for name in list.iter().filter(|x| !is_all(x)) {
+            let n = norm(name);
+            if !ALL_CAPS.contains(&n.as_str()) {
                 return Err(format!(
-                    "securityContext.capabilities.add: unknown capability {:?}",
-                    add
+                    "securityContext.capabilities.{}: unknown capability {:?}",
+                    field, name
                 ));
-            } else if !caps.contains(&n) {
-                caps.push(n);
             }
-        }
-        for drop in &c.drop {
-            let n = norm(drop);
-            if n == "CAP_ALL" {
-                caps.clear();
+            if field == "add" {
+                if !caps.contains(&n) {
+                    caps.push(n);
+                }
             } else {
                 caps.retain(|c| *c != n);
             }
@@ -294,6 +331,7 @@ mod tests {
             ipc: Some("/r/pods/u/ns/ipc".into()),
             uts: None,
             shm: "/r/pods/u/shm".into(),
+            pid: None,
         }
     }
 
@@ -317,7 +355,111 @@ mod tests {
             annotations: vec![],
             binds: vec![],
             devices: vec![],
+            additional_gids: vec![],
+            sysctls: vec![],
+            seccomp: seccomp::Profile::Unconfined,
+            pid_namespace: None,
         }
+    }
+
+    fn caps_of(spec: &Value) -> Vec<String> {
+        serde_json::from_value(spec["process"]["capabilities"]["effective"].clone()).unwrap()
+    }
+
+    #[test]
+    fn capabilities_follow_containerds_all_rules() {
+        let sb = sandbox();
+        let with = |add: &[&str], drop: &[&str]| {
+            let c = Container {
+                name: "c".into(),
+                image: "i".into(),
+                security_context: Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: add.iter().map(|s| s.to_string()).collect(),
+                        drop: drop.iter().map(|s| s.to_string()).collect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            caps_of(&build(&input(&c, &sb)).unwrap())
+        };
+        assert_eq!(
+            with(&["net_bind_service"], &["ALL"]),
+            ["CAP_NET_BIND_SERVICE"]
+        );
+        let all_but_chown = with(&["ALL"], &["CAP_CHOWN"]);
+        assert_eq!(all_but_chown.len(), all_available_caps().len() - 1);
+        assert!(!all_but_chown.contains(&"CAP_CHOWN".to_string()));
+        assert!(with(&["ALL"], &["all"]).is_empty());
+        assert_eq!(with(&[], &[]).len(), DEFAULT_CAPS.len());
+        let e = build(&input(
+            &Container {
+                name: "c".into(),
+                security_context: Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: vec![],
+                        drop: vec!["NOPE".into()],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &sb,
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("capabilities.drop") && e.contains("NOPE"),
+            "{}",
+            e
+        );
+    }
+
+    #[test]
+    fn groups_sysctls_seccomp_and_shared_pid_namespace() {
+        let c = Container {
+            name: "c".into(),
+            image: "i".into(),
+            ..Default::default()
+        };
+        let sb = sandbox();
+        let mut i = input(&c, &sb);
+        i.additional_gids = vec![2000, 3000];
+        i.sysctls = vec![("net.ipv4.tcp_syncookies".into(), "0".into())];
+        i.seccomp = seccomp::Profile::RuntimeDefault;
+        i.pid_namespace = Some("/r/pods/u/ns/pid".into());
+        let spec = build(&i).unwrap();
+        assert_eq!(
+            spec["process"]["user"]["additionalGids"],
+            json!([2000, 3000])
+        );
+        assert_eq!(spec["linux"]["sysctl"]["net.ipv4.tcp_syncookies"], "0");
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert!(spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"type": "pid", "path": "/r/pods/u/ns/pid"})));
+        // Privileged containers run unconfined.
+        let p = Container {
+            security_context: Some(SecurityContext {
+                privileged: Some(true),
+                ..Default::default()
+            }),
+            ..c.clone()
+        };
+        let mut i = input(&p, &sb);
+        i.seccomp = seccomp::Profile::RuntimeDefault;
+        assert!(build(&i).unwrap()["linux"].get("seccomp").is_none());
+        // hostPID wins over a shared namespace.
+        let mut i = input(&c, &sb);
+        i.host_pid = true;
+        i.pid_namespace = Some("/x".into());
+        let spec = build(&i).unwrap();
+        assert!(!spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "pid"));
     }
 
     #[test]

@@ -562,13 +562,18 @@ impl Node {
         ))
     }
 
-    /// The pod cgroup's directory in one v1 hierarchy (e.g. "memory").
+    /// The pod cgroup's directory in one v1 hierarchy (e.g. "memory"), wherever its QoS class
+    /// put it (`kubepods/`, `kubepods/burstable/`, `kubepods/besteffort/`).
     pub fn pod_cgroup_dir(&self, controller: &str, uid: &str) -> PathBuf {
-        PathBuf::from("/sys/fs/cgroup")
+        let kubepods = PathBuf::from("/sys/fs/cgroup")
             .join(controller)
             .join(self.cgroup_root.trim_start_matches('/'))
-            .join("kubepods")
-            .join(format!("pod{}", uid))
+            .join("kubepods");
+        ["", "burstable", "besteffort"]
+            .iter()
+            .map(|q| kubepods.join(q).join(format!("pod{}", uid)))
+            .find(|d| d.exists())
+            .unwrap_or_else(|| kubepods.join(format!("pod{}", uid)))
     }
 
     /// Every hierarchy under /sys/fs/cgroup in which the pod's cgroup exists.
@@ -579,13 +584,15 @@ impl Node {
             .flatten()
             .flatten()
         {
-            let d = h
+            let kubepods = h
                 .path()
                 .join(self.cgroup_root.trim_start_matches('/'))
-                .join("kubepods")
-                .join(format!("pod{}", uid));
-            if d.exists() {
-                found.push(d);
+                .join("kubepods");
+            for q in ["", "burstable", "besteffort"] {
+                let d = kubepods.join(q).join(format!("pod{}", uid));
+                if d.exists() {
+                    found.push(d);
+                }
             }
         }
         found

@@ -20,6 +20,9 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The reason of a pod whose spec tinylet cannot run.
+pub const UNSUPPORTED_REASON: &str = "UnsupportedPodSpec";
+
 pub enum Msg {
     /// A pod worker's latest status.
     Status {
@@ -35,8 +38,13 @@ pub enum Msg {
     ApiPod(Value),
     /// A pod gone from the API server (by uid).
     ApiPodGone(String),
-    /// A pod tinylet cannot run (its spec does not parse): it is marked Failed with the reason.
-    Rejected { pod: Value, message: String },
+    /// A pod tinylet cannot run (its spec does not parse, or admission refused it): it is
+    /// marked Failed with the reason (`UNSUPPORTED_REASON`, or the kubelet's admission reason).
+    Rejected {
+        pod: Value,
+        reason: &'static str,
+        message: String,
+    },
     /// The static pods (from the manifest directory), for their mirror pods.
     StaticPods(Vec<DesiredPod>),
     /// A pod worker stopped and removed its pod.
@@ -188,7 +196,11 @@ impl ApiSync {
             Msg::ApiPodGone(uid) => {
                 self.api_pods.remove(&uid);
             }
-            Msg::Rejected { pod, message } => self.reject(&pod, &message),
+            Msg::Rejected {
+                pod,
+                reason,
+                message,
+            } => self.reject(&pod, reason, &message),
             Msg::StaticPods(pods) => self.static_pods = Some(pods),
             Msg::Terminated { uid } => {
                 self.statuses.remove(&uid);
@@ -395,7 +407,7 @@ impl ApiSync {
         ok
     }
 
-    fn reject(&mut self, pod: &Value, message: &str) {
+    fn reject(&mut self, pod: &Value, reason: &str, message: &str) {
         if !pod["status"]["phase"].is_null() && pod["status"]["phase"] == "Failed" {
             return;
         }
@@ -406,7 +418,12 @@ impl ApiSync {
         );
         let body = json!({
             "metadata": {"uid": pod["metadata"]["uid"]},
-            "status": {"phase": "Failed", "reason": "UnsupportedPodSpec", "message": format!("tinylet cannot run this pod: {}", message)},
+            "status": {"phase": "Failed", "reason": reason, "message": if reason == UNSUPPORTED_REASON {
+                format!("tinylet cannot run this pod: {}", message)
+            } else {
+                // The kubelet's words for a pod its admission refused.
+                format!("Pod was rejected: {}", message)
+            }},
         });
         if let Err(e) = self.client.patch(&path, PatchKind::Strategic, &body) {
             log::warn!("pod {}: reporting it failed: {}", full_name(pod), e);

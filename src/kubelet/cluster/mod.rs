@@ -56,6 +56,8 @@ pub struct Settings {
     /// `--offline-max-age`: how long pods run from the local cache without contact with the API
     /// server before they are stopped (None: for ever).
     pub offline_max_age: Option<Duration>,
+    /// `--allowed-unsafe-sysctls`, for the sysctl admission of API pods.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Told the Node's spec.podCIDRs (the zero-config pod network uses them).
     pub network: Arc<crate::network::Network>,
 }

@@ -39,6 +39,7 @@ pub fn start(
             api_sync,
             pods: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            allowed_unsafe_sysctls: settings.allowed_unsafe_sysctls,
         }
         .run()
     })
@@ -59,6 +60,8 @@ struct PodSource {
     pods: BTreeMap<String, DesiredPod>,
     /// uid -> resourceVersion of pods that cannot run, already reported.
     rejected: BTreeMap<String, String>,
+    /// `--allowed-unsafe-sysctls`, for the kubelet's sysctl admission.
+    allowed_unsafe_sysctls: Vec<String>,
 }
 
 enum WatchEnd {
@@ -222,14 +225,20 @@ impl PodSource {
             o.remove("status");
         }
         let parsed = match crate::kubelet::manifest::unsupported_fields(&object) {
-            Some(why) => Err(why),
-            None => DesiredPod::from_stored(object, PathBuf::from(API_SOURCE)),
+            Some(why) => Err((api_sync::UNSUPPORTED_REASON, why)),
+            None => DesiredPod::from_stored(object, PathBuf::from(API_SOURCE))
+                .map_err(|e| (api_sync::UNSUPPORTED_REASON, e))
+                .and_then(|p| {
+                    crate::kubelet::sysctls::admit(&p.spec, &self.allowed_unsafe_sysctls)
+                        .map(|()| p)
+                        .map_err(|e| (crate::kubelet::sysctls::FORBIDDEN_REASON, e))
+                }),
         };
         match parsed {
             Ok(p) => {
                 self.pods.insert(uid, p);
             }
-            Err(e) => {
+            Err((reason, e)) => {
                 self.pods.remove(&uid);
                 let rv = resource_version(pod).unwrap_or_default().to_string();
                 if self.rejected.get(&uid) == Some(&rv) {
@@ -244,6 +253,7 @@ impl PodSource {
                 self.rejected.insert(uid, rv);
                 let _ = self.api_sync.send(api_sync::Msg::Rejected {
                     pod: pod.clone(),
+                    reason,
                     message: e,
                 });
             }

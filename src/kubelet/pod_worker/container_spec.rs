@@ -1,7 +1,23 @@
 //! From a container of the pod to the OCI spec runc gets: downward-API fields, environment,
-//! command, user and limits.
+//! command, user, security context and limits.
 
 use super::*;
+use crate::kubelet::{security, sysctls};
+
+/// Why a container's spec could not be made: the waiting reason and its message.
+pub(super) struct SpecError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl From<String> for SpecError {
+    fn from(message: String) -> SpecError {
+        SpecError {
+            reason: "CreateContainerError",
+            message,
+        }
+    }
+}
 
 impl PodWorker {
     /// Pod fields the downward API exposes to environment variables.
@@ -42,11 +58,27 @@ impl PodWorker {
         c: &Container,
         image: &crate::image::Image,
         sb: &sandbox::Sandbox,
-    ) -> Result<serde_json::Value, env_sources::SpecError> {
+    ) -> Result<serde_json::Value, SpecError> {
         let field = |p: &str| self.field(p);
         let (env, vars) = self.container_env(&image.config, c, &field)?;
         let args = env::process_args(&image.config, c, &vars)?;
+        // The pod's securityContext under the container's; from here on `c` carries the result.
+        let sc = security::effective(&self.pod.spec, c);
+        let merged = Container {
+            security_context: Some(sc.clone()),
+            ..c.clone()
+        };
+        let c = &merged;
+        let pod_label = format!("{}_{}({})", self.pod.name, self.pod.namespace, self.pod.uid);
+        security::verify_run_as_non_root(&sc, &image.config.user, &pod_label, &c.name).map_err(
+            |message| SpecError {
+                reason: "CreateContainerConfigError",
+                message,
+            },
+        )?;
         let (uid, gid) = env::user(&image.config, c, &image.rootfs)?;
+        let additional_gids = security::additional_gids(&self.pod.spec, &image.rootfs, uid, gid)?;
+        let seccomp = security::seccomp_profile(&sc, &self.ctx.security)?;
         let q = |m: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
             m.get(k).and_then(quantity::value_to_string)
         };
@@ -61,7 +93,7 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.uts_hostname()?;
-        let mut binds = self.binds(c)?;
+        let mut binds = self.binds(c, &vars)?;
         binds.extend(self.termination_log_bind(c)?);
         let input = spec::SpecInput {
             container: c,
@@ -99,6 +131,10 @@ impl PodWorker {
             } else {
                 Vec::new()
             },
+            additional_gids,
+            sysctls: sysctls::for_spec(&self.pod.spec),
+            seccomp,
+            pid_namespace: sb.pid.clone(),
         };
         Ok(spec::build(&input)?)
     }

@@ -34,20 +34,7 @@ struct EnvCache {
     services: Option<Vec<Service>>,
 }
 
-/// Why a container could not be made: the waiting reason and its message.
-pub(super) struct SpecError {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl From<String> for SpecError {
-    fn from(message: String) -> SpecError {
-        SpecError {
-            reason: "CreateContainerError",
-            message,
-        }
-    }
-}
+use super::container_spec::SpecError;
 
 impl PodWorker {
     /// The environment of container `c` (`KEY=value` list, and the variables `$(VAR)` in command

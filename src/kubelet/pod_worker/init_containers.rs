@@ -128,38 +128,45 @@ impl PodWorker {
         if !self.app_containers_done() {
             return;
         }
-        let running: Vec<(usize, String)> = (0..self.n_init)
+        let sidecars: Vec<usize> = (0..self.n_init)
             .rev()
             .filter(|&i| self.is_sidecar(i))
-            .filter_map(|i| {
-                self.containers[i]
-                    .current
-                    .as_ref()
-                    .map(|a| (i, a.id.clone()))
-            })
+            .collect();
+        let mut kill_at = self.sidecar_kill_at;
+        if kill_at.is_none()
+            && sidecars
+                .iter()
+                .any(|&i| self.containers[i].current.is_some())
+        {
+            log::info!(
+                "pod {}: stopping the sidecars: the app containers are done",
+                self.pod.full_name()
+            );
+        }
+        self.stop_then_kill(&sidecars, &mut kill_at);
+        self.sidecar_kill_at = kill_at;
+    }
+
+    /// Sends SIGTERM to the running containers among `slots` the first time (setting `kill_at`
+    /// to the end of the grace period), SIGKILL once `kill_at` has passed.
+    fn stop_then_kill(&self, slots: &[usize], kill_at: &mut Option<f64>) {
+        let running: Vec<(usize, String)> = slots
+            .iter()
+            .filter_map(|&i| Some((i, self.containers[i].current.as_ref()?.id.clone())))
             .collect();
         if running.is_empty() {
-            self.sidecar_kill_at = None;
             return;
         }
-        match self.sidecar_kill_at {
+        let signal = match *kill_at {
             None => {
-                self.sidecar_kill_at = Some(now() + self.grace_secs());
-                for (i, id) in &running {
-                    log::info!(
-                        "pod {}: stopping sidecar {}: the app containers are done",
-                        self.pod.full_name(),
-                        self.containers[*i].name
-                    );
-                    self.stop_container(*i, id, "TERM");
-                }
+                *kill_at = Some(now() + self.grace_secs());
+                "TERM"
             }
-            Some(t) if now() >= t => {
-                for (i, id) in &running {
-                    self.stop_container(*i, id, "KILL");
-                }
-            }
-            Some(_) => {}
+            Some(t) if now() >= t => "KILL",
+            Some(_) => return,
+        };
+        for (i, id) in &running {
+            self.stop_container(*i, id, signal);
         }
     }
 
@@ -209,40 +216,24 @@ impl PodWorker {
         if !self.deadline_exceeded() {
             return false;
         }
-        let running: Vec<(usize, String)> = (0..self.containers.len())
-            .filter_map(|i| {
-                self.containers[i]
-                    .current
-                    .as_ref()
-                    .map(|a| (i, a.id.clone()))
-            })
-            .collect();
-        match self.deadline_kill_at {
-            None => {
-                log::info!(
-                    "pod {}: active deadline of {}s exceeded; stopping it",
-                    self.pod.full_name(),
-                    self.pod.spec.active_deadline_seconds.unwrap_or(0)
-                );
-                self.event(
-                    None,
-                    "Normal",
-                    "DeadlineExceeded",
-                    "Pod was active on the node longer than the specified deadline".into(),
-                );
-                self.deadline_kill_at = Some(now() + self.grace_secs());
-                for (i, id) in &running {
-                    self.stop_container(*i, id, "TERM");
-                }
-            }
-            Some(t) if now() >= t => {
-                for (i, id) in &running {
-                    self.stop_container(*i, id, "KILL");
-                }
-            }
-            Some(_) => {}
+        if self.deadline_kill_at.is_none() {
+            log::info!(
+                "pod {}: active deadline of {}s exceeded; stopping it",
+                self.pod.full_name(),
+                self.pod.spec.active_deadline_seconds.unwrap_or(0)
+            );
+            self.event(
+                None,
+                "Normal",
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline".into(),
+            );
         }
-        // Slots that never ran end as they are: nothing more starts.
+        let all: Vec<usize> = (0..self.containers.len()).collect();
+        let mut kill_at = self.deadline_kill_at;
+        self.stop_then_kill(&all, &mut kill_at);
+        // Nothing was running: the deadline still counts as handled.
+        self.deadline_kill_at = kill_at.or(Some(now()));
         true
     }
 

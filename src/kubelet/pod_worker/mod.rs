@@ -28,6 +28,8 @@ mod probes;
 mod terminate;
 mod volumes;
 
+pub use volumes::ObjectCache as VolumeObjects;
+
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
     /// `grace` overrides the pod's terminationGracePeriodSeconds (a deletion's grace period).
@@ -340,6 +342,17 @@ impl PodWorker {
 
     fn on_exit(&mut self, i: usize, att: Attempt, exited: Option<crate::runtime::shim::Exited>) {
         let finished = now();
+        // A container that ran and ended between two looks was never seen running: it still
+        // started, as the kubelet's Started event says right after runc start.
+        if att.started_at.is_none() && exited.as_ref().is_some_and(|e| e.start_error.is_none()) {
+            let name = self.containers[i].name.clone();
+            self.event(
+                Some(&name),
+                "Normal",
+                "Started",
+                format!("Started container {}", name),
+            );
+        }
         let term = match &exited {
             Some(e) => StateTerminated {
                 exit_code: e.exit_code,
@@ -567,6 +580,7 @@ impl PodWorker {
         let pod_uid = self.pod.uid.clone();
         let req = StartRequest {
             pod_uid: &pod_uid,
+            qos_class: status::qos_class(&self.pod.spec),
             snapshot: &image.rootfs,
             spec: &spec,
             log_path: &log_path,

@@ -10,15 +10,20 @@ impl PodWorker {
         let t0 = std::time::Instant::now();
         let result = (|| -> Result<sandbox::PendingSandbox, String> {
             fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
-            let limits = pod_limits(&self.pod.spec);
-            self.ctx
-                .runtime
-                .cgroups
-                .create(&self.ctx.runtime.pod_cgroup(&self.pod.uid), &limits)
+            let mut limits = pod_limits(&self.pod.spec);
+            limits.pids = u64::try_from(self.ctx.security.pod_pids_limit)
+                .ok()
+                .filter(|p| *p > 0);
+            let rt = &self.ctx.runtime;
+            let qos = status::qos_class(&self.pod.spec);
+            rt.cgroups
+                .create_pod(&rt.cgroup_root, &rt.pod_cgroup(qos, &self.pod.uid), &limits)
                 .map_err(|e| format!("creating pod cgroup: {}", e))?;
             let opts = sandbox::SandboxOptions {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
+                share_pid: self.pod.spec.share_process_namespace == Some(true)
+                    && !self.pod.spec.host_pid,
             };
             let pending = sandbox::begin(&self.dir, &self.uts_hostname()?, opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
@@ -195,7 +200,9 @@ fn host_aliases(aliases: &[HostAlias]) -> String {
     out
 }
 
-/// Pod-level limits: the sum of the containers' limits when every container has one (the kubelet's rule).
+/// Pod-level limits as the kubelet's ResourceConfigForPod: cpu.shares from the summed cpu
+/// requests (requests default to limits; none gives MinShares, so BestEffort pods get 2), and a
+/// memory or cpu limit only when every container has one (then their sum).
 pub(super) fn pod_limits(spec: &PodSpec) -> crate::runtime::cgroups::Limits {
     let sum = |res: &str, millis: bool| -> Option<u64> {
         spec.containers.iter().try_fold(0u64, |acc, c| {
@@ -227,6 +234,7 @@ pub(super) fn pod_limits(spec: &PodSpec) -> crate::runtime::cgroups::Limits {
     crate::runtime::cgroups::Limits {
         memory_bytes: sum("memory", false),
         cpu_limit_millis: sum("cpu", true),
-        cpu_request_millis: (requests > 0).then_some(requests),
+        cpu_request_millis: Some(requests),
+        pids: None,
     }
 }

@@ -133,14 +133,24 @@ impl PodWorker {
         }
         self.detach_network()?;
         sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
+        let qos = status::qos_class(&self.pod.spec);
         rt.cgroups
-            .remove(&rt.pod_cgroup(&self.pod.uid))
+            .remove_pod(&rt.cgroup_root, &rt.pod_cgroup(qos, &self.pod.uid))
             .map_err(|e| e.to_string())?;
+        // Pods started before the QoS layout had their cgroup right under kubepods.
+        if qos != "Guaranteed" {
+            rt.cgroups
+                .remove(&rt.pod_cgroup("Guaranteed", &self.pod.uid))
+                .map_err(|e| e.to_string())?;
+        }
         let logs = self.ctx.pod_log_dir.join(format!(
             "{}_{}_{}",
             self.pod.namespace, self.pod.name, self.pod.uid
         ));
         fsutil::remove_dir_all_if_exists(&logs).map_err(|e| e.to_string())?;
+        // tmpfs volumes first: removing the pod directory (and with it pod.json, the record
+        // that brings this clean-up back after a crash) only once nothing is mounted below it.
+        volumes::unmount_all(&self.dir)?;
         fsutil::remove_dir_all_if_exists(&self.dir).map_err(|e| e.to_string())
     }
 }
