@@ -5,6 +5,7 @@ mod cluster;
 mod config_file;
 mod image;
 pub mod logs;
+mod proxy;
 pub mod ps;
 
 use crate::config::{self, Config};
@@ -27,6 +28,8 @@ usage:
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
+              [--proxy-mode userspace|none]
+  tinylet proxy --kubeconfig FILE [--node-name NAME] [--log-level LEVEL]   the service proxy alone
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -74,6 +77,7 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "offline-max-age",
     "healthz-port",
     "healthz-bind-address",
+    "proxy-mode",
 ];
 
 pub fn main(argv: Vec<String>) -> Result<(), String> {
@@ -141,6 +145,7 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             logs::run(&req, &mut std::io::stdout().lock())
         }
         "image" => image::main(rest),
+        "proxy" => proxy::main(rest),
         "validate" => validate(rest),
         "version" | "--version" => {
             println!(
@@ -355,6 +360,11 @@ fn run(rest: &[String]) -> Result<(), String> {
         healthz_port,
     );
     let cluster_mode = cluster::mode(&a, &config, &version)?;
+    if proxy::mode(&a, cluster_mode.is_some())? == crate::proxy::Mode::Userspace {
+        if let Some(cm) = &cluster_mode {
+            proxy::start(cm.client.clone(), &config.node_name)?;
+        }
+    }
     kubelet::run(config, ctx, cluster_mode)
 }
 

@@ -1,0 +1,238 @@
+//! Moving bytes between a client and its endpoint: splice(2) through a pipe (the bytes never
+//! enter user space), or a buffered copy where splice is refused. Each direction ends on its own
+//! (half-close: EOF from one side becomes a FIN to the other, and the other direction keeps
+//! going); an error in either direction resets both.
+//!
+//! Memory per connection is bounded and idle connections hold none: a direction waits for
+//! readability with nothing allocated, borrows a pipe (or a 64 KiB buffer) from a pool only to
+//! move what is there, and gives it back once it is empty. A pipe holds at most its capacity
+//! (64 KiB), so one connection pins at most two of them while a peer is slow to read.
+
+use nix::errno::Errno;
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use smol::Async;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// What one splice or read moves at most (a pipe's default capacity).
+const CHUNK: usize = 64 * 1024;
+/// Idle pipes and buffers kept for reuse; more are closed or freed when given back.
+const POOL_MAX: usize = 64;
+
+/// Pipes and buffers shared by every connection of the proxy.
+pub struct Pool {
+    splice: AtomicBool,
+    pipes: Mutex<Vec<Pipe>>,
+    buffers: Mutex<Vec<Box<[u8]>>>,
+}
+
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    /// Bytes in the pipe not yet spliced out.
+    pending: usize,
+}
+
+enum Scratch {
+    Pipe(Pipe),
+    Buffer {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Scratch {
+    fn pending(&self) -> usize {
+        match self {
+            Scratch::Pipe(p) => p.pending,
+            Scratch::Buffer { start, end, .. } => end - start,
+        }
+    }
+}
+
+impl Pool {
+    /// `use_splice`: false forces the buffered copy (a kernel without splice for sockets, or
+    /// a comparison run).
+    pub fn new(use_splice: bool) -> Pool {
+        Pool {
+            splice: AtomicBool::new(use_splice),
+            pipes: Mutex::new(Vec::new()),
+            buffers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Scratch {
+        if self.splice.load(Ordering::Relaxed) {
+            if let Some(p) = lock(&self.pipes).pop() {
+                return Scratch::Pipe(p);
+            }
+            // Out of descriptors for a pipe: this transfer is copied instead.
+            if let Ok((r, w)) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+                return Scratch::Pipe(Pipe { r, w, pending: 0 });
+            }
+        }
+        let buf = lock(&self.buffers)
+            .pop()
+            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice());
+        Scratch::Buffer {
+            buf,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Takes back an empty scratch (one with bytes in it belongs to a dead connection).
+    fn give(&self, s: Scratch) {
+        if s.pending() != 0 {
+            return;
+        }
+        match s {
+            Scratch::Pipe(p) => {
+                let mut pipes = lock(&self.pipes);
+                if pipes.len() < POOL_MAX {
+                    pipes.push(p);
+                }
+            }
+            Scratch::Buffer { buf, .. } => {
+                let mut bufs = lock(&self.buffers);
+                if bufs.len() < POOL_MAX {
+                    bufs.push(buf);
+                }
+            }
+        }
+    }
+
+    /// splice(2) refused for sockets (EINVAL): copy from now on.
+    fn splice_unsupported(&self, e: Errno) {
+        if self.splice.swap(false, Ordering::Relaxed) {
+            log::warn!(
+                "proxy: splice(2) is not available for sockets ({}); forwarding with a buffered copy",
+                e
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forwards both directions until both have ended; returns the bytes moved (client to
+/// endpoint, endpoint to client).
+pub async fn both_ways(
+    client: &Async<TcpStream>,
+    endpoint: &Async<TcpStream>,
+    pool: &Pool,
+) -> (u64, u64) {
+    let up = one_way(client, endpoint, pool);
+    let down = one_way(endpoint, client, pool);
+    smol::future::zip(up, down).await
+}
+
+async fn one_way(from: &Async<TcpStream>, to: &Async<TcpStream>, pool: &Pool) -> u64 {
+    match pump(from, to, pool).await {
+        Ok(n) => {
+            // EOF: pass the half-close on; the other direction carries on.
+            let _ = to.get_ref().shutdown(Shutdown::Write);
+            n
+        }
+        Err(e) => {
+            log::debug!("proxy: connection ended: {}", e);
+            // A reset or error on one side: end the other side too (its pump then ends).
+            let _ = from.get_ref().shutdown(Shutdown::Both);
+            let _ = to.get_ref().shutdown(Shutdown::Both);
+            0
+        }
+    }
+}
+
+/// Moves bytes until EOF from `from`.
+async fn pump(from: &Async<TcpStream>, to: &Async<TcpStream>, pool: &Pool) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let mut scratch = pool.take();
+        loop {
+            match fill(&mut scratch, from.get_ref(), pool) {
+                Ok(0) => {
+                    pool.give(scratch);
+                    return Ok(total);
+                }
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            while scratch.pending() > 0 {
+                match drain(&mut scratch, to.get_ref()) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        pool.give(scratch);
+    }
+}
+
+/// Reads what `from` has into an empty scratch.
+fn fill(s: &mut Scratch, mut from: &TcpStream, pool: &Pool) -> io::Result<usize> {
+    match s {
+        Scratch::Pipe(p) => {
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            match splice(from, None, &p.w, None, CHUNK, flags) {
+                Ok(n) => {
+                    p.pending = n;
+                    Ok(n)
+                }
+                Err(e @ (Errno::EINVAL | Errno::ENOSYS)) => {
+                    pool.splice_unsupported(e);
+                    // Nothing was moved: read this chunk with a buffer instead.
+                    let mut buf = vec![0u8; CHUNK].into_boxed_slice();
+                    let n = from.read(&mut buf)?;
+                    *s = Scratch::Buffer {
+                        buf,
+                        start: 0,
+                        end: n,
+                    };
+                    Ok(n)
+                }
+                Err(e) => Err(io::Error::from(e)),
+            }
+        }
+        Scratch::Buffer { buf, start, end } => {
+            let n = from.read(buf)?;
+            *start = 0;
+            *end = n;
+            Ok(n)
+        }
+    }
+}
+
+/// Writes some of what the scratch holds to `to`.
+fn drain(s: &mut Scratch, mut to: &TcpStream) -> io::Result<usize> {
+    match s {
+        Scratch::Pipe(p) => {
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            let n = splice(&p.r, None, to, None, p.pending, flags).map_err(io::Error::from)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            p.pending -= n;
+            Ok(n)
+        }
+        Scratch::Buffer { buf, start, end } => {
+            let n = to.write(&buf[*start..*end])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            *start += n;
+            Ok(n)
+        }
+    }
+}
