@@ -36,6 +36,11 @@ struct Setup {
 
 impl Setup {
     fn new(backends: usize) -> Setup {
+        Setup::with(backends, &[])
+    }
+
+    /// `wrapper`: a command the proxy runs under (e.g. prlimit).
+    fn with(backends: usize, wrapper: &[&str]) -> Setup {
         let api = ApiServer::start_with(&["--bookmark-interval=1"]);
         let mut lab = Lab::new();
         let dir = api.dir.join("lab");
@@ -63,19 +68,18 @@ impl Setup {
             );
             started.push((name, pid));
         }
-        let proxy_pid = lab.spawn(
-            &lab.node.clone(),
-            &[
-                support::bin(),
-                "proxy",
-                "--kubeconfig",
-                &kubeconfig.display().to_string(),
-                "--node-name",
-                NODE,
-                "-v",
-            ],
-            &dir.join("proxy.log"),
-        );
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut args = wrapper.to_vec();
+        args.extend([
+            support::bin(),
+            "proxy",
+            "--kubeconfig",
+            &kubeconfig,
+            "--node-name",
+            NODE,
+            "-v",
+        ]);
+        let proxy_pid = lab.spawn(&lab.node.clone(), &args, &dir.join("proxy.log"));
         let s = Setup {
             lab,
             api,
@@ -432,4 +436,43 @@ fn a_deleted_service_is_closed_and_its_address_removed_and_shutdown_cleans_up() 
         || s.logs(),
     );
     s.api.assert_no_violations();
+}
+
+#[test]
+fn out_of_descriptors_accepts_pause_and_resume() {
+    // 64 descriptors, and no CAP_SYS_RESOURCE to raise the hard limit.
+    let s = Setup::with(
+        1,
+        &[
+            "prlimit",
+            "--nofile=64:64",
+            "setpriv",
+            "--bounding-set",
+            "-sys_resource",
+            "--",
+        ],
+    );
+    s.web(json!({}), &[11]);
+    let addr = format!("{}:80", CLUSTER_IP);
+    s.wait_greeting(&addr);
+    // Far more connections than the proxy has descriptors for (two each).
+    let held: Vec<TcpStream> = (0..60).filter_map(|_| s.connect(&addr)).collect();
+    poll_until(
+        WAIT,
+        "the proxy to pause accepting",
+        || {
+            std::fs::read_to_string(s.dir.join("proxy.log"))
+                .unwrap_or_default()
+                .contains("pausing new connections")
+        },
+        || s.logs(),
+    );
+    assert!(
+        Path::new(&format!("/proc/{}", s.proxy_pid)).exists(),
+        "the proxy died\n{}",
+        s.logs()
+    );
+    drop(held);
+    // Descriptors back: new connections are served again.
+    assert_eq!(s.wait_greeting(&addr), "b1");
 }
