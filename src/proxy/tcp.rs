@@ -91,8 +91,11 @@ async fn connection(
                 balancer.connected(peer.ip(), *ep);
                 let _ = client.get_ref().set_nodelay(true);
                 let _ = endpoint.get_ref().set_nodelay(true);
-                let (up, down) = super::forward::both_ways(&client, &endpoint, &shared.pool).await;
-                log::debug!("proxy: {} -> {} done ({} / {} bytes)", peer, ep, up, down);
+                log::debug!("proxy: {} -> {}", peer, ep);
+                // A task of its own, so the dial's state is freed: an established connection
+                // holds only the forwarding state.
+                let forward = super::forward::Forward::new(client, endpoint, shared.clone());
+                shared.executor.spawn(forward).detach();
                 return;
             }
             Err(e) => log::debug!("proxy: {} -> {}: {}", peer, ep, e),
