@@ -6,11 +6,12 @@
 //! Memory per connection is bounded and idle connections hold none: a direction waits for
 //! readability with nothing allocated, borrows a pipe (or a 64 KiB buffer) from a pool only to
 //! move what is there, and gives it back once it is empty. A pipe holds at most its capacity
-//! (64 KiB), so one connection pins at most two of them while a peer is slow to read.
+//! (512 KiB asked, 64 KiB where refused), so one connection pins at most two of them while a
+//! peer is slow to read.
 
 use super::Shared;
 use nix::errno::Errno;
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use smol::Async;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -21,9 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// What one splice or read moves at most (a pipe's default capacity).
+/// What one read moves at most (the buffered copy).
 const CHUNK: usize = 64 * 1024;
-/// Chunks moved in a row before a direction yields to other tasks (1 MiB).
+/// The capacity asked for each pipe: fewer, larger splices for a fast stream. Its pages are
+/// allocated only while bytes are in it; where the kernel refuses (pipe-max-size, an
+/// unprivileged agent over its pipe quota) the pipe keeps its default 64 KiB.
+const PIPE_SIZE: usize = 512 * 1024;
+/// Chunks moved in a row before a direction yields to other tasks.
 const FAIR_CHUNKS: u32 = 16;
 /// Idle pipes and buffers kept for reuse; more are closed or freed when given back.
 const POOL_MAX: usize = 64;
@@ -38,6 +43,8 @@ pub struct Pool {
 struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
+    /// Its capacity: what one splice into it moves at most.
+    size: usize,
     /// Bytes in the pipe not yet spliced out.
     pending: usize,
 }
@@ -78,7 +85,15 @@ impl Pool {
             }
             // Out of descriptors for a pipe: this transfer is copied instead.
             if let Ok((r, w)) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-                return Scratch::Pipe(Pipe { r, w, pending: 0 });
+                let size = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+                    .or_else(|_| fcntl(&w, FcntlArg::F_GETPIPE_SZ))
+                    .map_or(CHUNK, |n| n as usize);
+                return Scratch::Pipe(Pipe {
+                    r,
+                    w,
+                    size,
+                    pending: 0,
+                });
             }
         }
         let buf = lock(&self.buffers)
@@ -277,7 +292,7 @@ fn fill(s: &mut Scratch, mut from: &TcpStream, pool: &Pool) -> io::Result<usize>
     match s {
         Scratch::Pipe(p) => {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            match splice(from, None, &p.w, None, CHUNK, flags) {
+            match splice(from, None, &p.w, None, p.size, flags) {
                 Ok(n) => {
                     p.pending = n;
                     Ok(n)
