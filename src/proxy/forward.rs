@@ -160,6 +160,10 @@ struct Direction {
     /// Held only while bytes are on their way.
     scratch: Option<Scratch>,
     done: bool,
+    /// Readability was waited for once: from then on it is asked before reading. (The first
+    /// read is tried at once: a client's request is usually there already, and registering
+    /// first would cost an epoll_ctl and a wake-up per connection.)
+    waited: bool,
 }
 
 impl Forward {
@@ -240,9 +244,9 @@ impl Direction {
         loop {
             let scratch = match &mut self.scratch {
                 Some(s) => s,
+                None if !self.waited => self.scratch.insert(pool.take()),
+                // Idle: bytes are waited for with nothing borrowed.
                 None => match from.poll_readable(cx) {
-                    // Idle: bytes are waited for with nothing borrowed. (A fresh connection's
-                    // first call registers and returns Pending; bytes already there wake it.)
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => self.scratch.insert(pool.take()),
@@ -279,6 +283,7 @@ impl Direction {
                     if let Some(s) = self.scratch.take() {
                         pool.give(s);
                     }
+                    self.waited = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
