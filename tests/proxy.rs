@@ -476,3 +476,52 @@ fn out_of_descriptors_accepts_pause_and_resume() {
     // Descriptors back: new connections are served again.
     assert_eq!(s.wait_greeting(&addr), "b1");
 }
+
+#[test]
+fn a_node_port_taken_by_another_process_is_retried_until_free() {
+    let mut s = Setup::new(1);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/proxy_backend.py");
+    let node = s.lab.node.clone();
+    let squatter = s.lab.spawn(
+        &node,
+        &[
+            "python3",
+            &script.display().to_string(),
+            "squatter",
+            "30080",
+            "30999",
+        ],
+        &s.dir.join("squatter.log"),
+    );
+    let np = format!("{}:30080", NODE_IP);
+    poll_until(
+        WAIT,
+        "the squatter on the NodePort",
+        || s.greeting(&np).is_some_and(|g| g == "squatter"),
+        || s.logs(),
+    );
+    s.web(
+        json!({"type": "NodePort", "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}),
+        &[11],
+    );
+    s.wait_greeting(&format!("{}:80", CLUSTER_IP));
+    poll_until(
+        WAIT,
+        "the proxy to report the NodePort it cannot bind",
+        || {
+            std::fs::read_to_string(s.dir.join("proxy.log"))
+                .unwrap_or_default()
+                .contains("cannot listen on Tcp 0.0.0.0:30080")
+        },
+        || s.logs(),
+    );
+    kill(squatter, "KILL");
+    poll_until(
+        WAIT,
+        "the NodePort to be served once free",
+        || s.greeting(&np).is_some_and(|g| g == "b1"),
+        || s.logs(),
+    );
+    s.api.assert_no_violations();
+}

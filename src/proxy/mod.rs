@@ -21,12 +21,15 @@ use crate::kube::client::ApiClient;
 use addresses::{Addresses, IpCommand};
 use balancer::Balancer;
 use smol::{Executor, Task};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use table::{Frontend, Protocol, Service, Slice, Table};
 use watch::{Kind, Update};
+
+/// How often a frontend that could not listen (its port taken) is tried again.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// `--proxy-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +238,28 @@ async fn reconcile(
 ) {
     let mut balancers: HashMap<String, Arc<Balancer>> = HashMap::new();
     let mut listeners: HashMap<Frontend, (String, Task<()>)> = HashMap::new();
-    while let Ok((table, done)) = tables.recv().await {
+    let mut current: Option<Arc<Table>> = None;
+    // Frontends that could not listen: retried every second, reported once.
+    let mut failed: HashSet<Frontend> = HashSet::new();
+    loop {
+        let next = if failed.is_empty() {
+            tables.recv().await.ok().map(Some)
+        } else {
+            smol::future::or(async { tables.recv().await.ok().map(Some) }, async {
+                smol::Timer::after(LISTEN_RETRY).await;
+                Some(None)
+            })
+            .await
+        };
+        let (table, done) = match next {
+            None => return,
+            Some(Some((t, d))) => (t, Some(d)),
+            Some(None) => match &current {
+                Some(t) => (t.clone(), None),
+                None => continue,
+            },
+        };
+        failed.retain(|f| table.frontends.contains_key(f));
         balancers.retain(|name, _| table.frontends.values().any(|sp| &sp.name == name));
         for sp in table.frontends.values() {
             match balancers.get(&sp.name) {
@@ -263,19 +287,25 @@ async fn reconcile(
             match task {
                 Ok(t) => {
                     log::info!("proxy: {} {:?} {}", sp.name, f.protocol, f.addr);
+                    failed.remove(f);
                     listeners.insert(*f, (sp.name.clone(), t));
                 }
-                // Retried with the next table change; the service is named for the operator.
-                Err(e) => log::error!(
-                    "proxy: {}: cannot listen on {:?} {}: {}",
+                // Retried every second; the service is named for the operator, once.
+                Err(e) if failed.insert(*f) => log::error!(
+                    "proxy: {}: cannot listen on {:?} {}: {}; retrying every {:?}",
                     sp.name,
                     f.protocol,
                     f.addr,
-                    e
+                    e,
+                    LISTEN_RETRY
                 ),
+                Err(_) => {}
             }
         }
-        let _ = done.send(());
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        current = Some(table);
     }
 }
 
