@@ -11,6 +11,7 @@ mod kube;
 mod kubelet;
 mod logging;
 mod network;
+mod proxy;
 mod runtime;
 mod server;
 mod tls;

@@ -5,6 +5,7 @@ mod cluster;
 mod config_file;
 mod image;
 pub mod logs;
+mod proxy;
 pub mod ps;
 
 use crate::config::{self, Config};
@@ -32,6 +33,8 @@ usage:
               [--container-log-max-size 10Mi] [--container-log-max-files 5]
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
               [--pod-max-pids N]
+              [--proxy-mode userspace|none]
+  tinylet proxy --kubeconfig FILE [--node-name NAME] [--log-level LEVEL]   the service proxy alone
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
@@ -90,6 +93,7 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "pod-cidr",
     "cluster-dns",
     "resolv-conf",
+    "proxy-mode",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -186,6 +190,7 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             logs::run(&req, &mut std::io::stdout().lock())
         }
         "image" => image::main(rest),
+        "proxy" => proxy::main(rest),
         "validate" => validate(rest),
         "version" | "--version" => {
             println!(
@@ -409,6 +414,11 @@ fn run(rest: &[String]) -> Result<(), String> {
         healthz_port,
     );
     let cluster_mode = cluster::mode(&a, &config, &version, network)?;
+    if proxy::mode(&a, cluster_mode.is_some())? == crate::proxy::Mode::Userspace {
+        if let Some(cm) = &cluster_mode {
+            proxy::start(cm.client.clone(), &config.node_name)?;
+        }
+    }
     kubelet::run(config, ctx, cluster_mode)
 }
 

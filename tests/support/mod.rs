@@ -188,6 +188,10 @@ impl Node {
             // Parallel test nodes would all want 127.0.0.1:10248.
             "--healthz-port".into(),
             "0".into(),
+            // The service proxy binds ClusterIPs on `lo`: only in test namespaces (tests/proxy.rs),
+            // never on the host's.
+            "--proxy-mode".into(),
+            "none".into(),
             // Never the host's /etc/cni/net.d: a test node has a pod network only when its test
             // writes one here (and runs the node in a namespace of its own, `use_netns`).
             "--cni-conf-dir".into(),

@@ -83,6 +83,9 @@ NODE_RULES = {
     "serviceaccounts/token": {"create"},
     "certificatesigningrequests": {"create", "get", "list", "watch"},
     "namespaces": {"get"},
+    # system:node-proxier, which a cluster binds to the nodes when their agent is also the proxy.
+    "services": {"get", "list", "watch"},
+    "endpointslices": {"list", "watch"},
 }
 
 

@@ -33,6 +33,8 @@ RESOURCES = {(r.api_version, r.plural): r for r in [
     Res("events", "Event", "v1", True, create_on_update=True),
     Res("events", "Event", "events.k8s.io/v1", True, create_on_update=True),
     Res("leases", "Lease", "coordination.k8s.io/v1", True),
+    Res("services", "Service", "v1", True, status=True),
+    Res("endpointslices", "EndpointSlice", "discovery.k8s.io/v1", True),
     Res("certificatesigningrequests", "CertificateSigningRequest", "certificates.k8s.io/v1", False, status=True),
 ]}
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
