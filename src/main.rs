@@ -12,6 +12,7 @@ mod kubelet;
 mod logging;
 mod runtime;
 mod server;
+mod stats;
 mod tls;
 
 fn main() {

@@ -6,6 +6,7 @@ mod config_file;
 mod image;
 pub mod logs;
 pub mod ps;
+mod stats;
 
 use crate::config::{self, Config};
 use crate::image::ImageStore;
@@ -32,6 +33,7 @@ usage:
               [--pod-max-pids N]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
+  tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
               [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]
@@ -178,6 +180,7 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             };
             logs::run(&req, &mut std::io::stdout().lock())
         }
+        "stats" => stats::main(&Args::parse(rest, stats::FLAGS, &[])?),
         "image" => image::main(rest),
         "validate" => validate(rest),
         "version" | "--version" => {
