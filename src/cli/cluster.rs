@@ -43,6 +43,7 @@ pub fn mode(a: &Args, config: &Config, runc_version: &str) -> Result<Option<Clus
         )?;
     }
     let settings = Settings {
+        pressure: Default::default(),
         node_name: config.node_name.clone(),
         node_ip: config.node_ip.clone(),
         root_dir: config.root_dir.clone(),

@@ -23,6 +23,8 @@ enum Kind {
     List,
     /// An integer that may be negative (-1: unlimited).
     SignedInt,
+    /// `{signal: quantity}` -> `signal<quantity,...` (evictionHard).
+    Thresholds,
 }
 
 /// KubeletConfiguration field -> (flag, kind).
@@ -77,6 +79,12 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("seccompDefault", "seccomp-default", Kind::Bool),
     ("allowedUnsafeSysctls", "allowed-unsafe-sysctls", Kind::List),
     ("podPidsLimit", "pod-max-pids", Kind::SignedInt),
+    ("evictionHard", "eviction-hard", Kind::Thresholds),
+    (
+        "evictionPressureTransitionPeriod",
+        "eviction-pressure-transition-period",
+        Kind::Duration,
+    ),
 ];
 
 /// Fields tinylet reads but does not act on yet (the features come with later issues).
@@ -84,7 +92,6 @@ const NOT_YET: &[&str] = &[
     "address",
     "clusterDNS",
     "podCIDR",
-    "evictionHard",
     "authentication",
     "authorization",
     "resolvConf",
@@ -184,6 +191,24 @@ fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
             let list = v.as_array().ok_or_else(|| wrong("a list of strings"))?;
             let items: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
             Ok(items.ok_or_else(|| wrong("a list of strings"))?.join(","))
+        }
+        Kind::Thresholds => {
+            let map = v
+                .as_object()
+                .ok_or_else(|| wrong("a map of signal to quantity"))?;
+            let mut out = Vec::new();
+            for (signal, q) in map {
+                let q = q.as_str().ok_or_else(|| {
+                    format!(
+                        "{}.{}: Invalid value: {}: must be a string",
+                        field, signal, q
+                    )
+                })?;
+                crate::kubelet::eviction::thresholds::parse_one(signal, q)
+                    .map_err(|e| format!("{}.{}: {}", field, signal, e))?;
+                out.push(format!("{}<{}", signal, q));
+            }
+            Ok(out.join(","))
         }
         Kind::SignedInt => v
             .as_i64()

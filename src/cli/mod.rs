@@ -30,7 +30,7 @@ usage:
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
               [--cluster-domain DOMAIN] [--container-log-max-size 10Mi] [--container-log-max-files 5]
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
-              [--pod-max-pids N]
+              [--pod-max-pids N] [--eviction-hard SIGNAL<QUANTITY|PCT%,...] [--eviction-pressure-transition-period 5m]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR]
@@ -85,6 +85,9 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "seccomp-profile-root",
     "allowed-unsafe-sysctls",
     "pod-max-pids",
+    "eviction-hard",
+    "eviction-pressure-transition-period",
+    "eviction-monitoring-period",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -367,7 +370,7 @@ fn run(rest: &[String]) -> Result<(), String> {
         runtime: Runtime {
             runc,
             root_dir: config.root_dir.clone(),
-            cgroups,
+            cgroups: cgroups.clone(),
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
             log_rotation: log_rotation(&a)?,
@@ -387,6 +390,15 @@ fn run(rest: &[String]) -> Result<(), String> {
         cluster: Default::default(),
         cluster_domain: cluster_domain(&a)?,
         security: security_settings(&a, &config)?,
+        stats: std::sync::Arc::new(crate::stats::Stats::new(crate::stats::Config {
+            node_name: config.node_name.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_log_dir: config.pod_log_dir.clone(),
+            cgroups: cgroups.clone(),
+            cgroup_root: Some(config.cgroup_root.clone()),
+            fs_ttl: std::time::Duration::from_secs(30),
+        })),
+        pressure: std::sync::Arc::new(kubelet::eviction::NodePressure::new(eviction_settings(&a)?)),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,
@@ -515,6 +527,31 @@ fn image_gc_flags(a: &Args, config: &mut Config) -> Result<(), String> {
             .map_err(|e| format!("--minimum-image-ttl-duration: {}", e))?;
     }
     Ok(())
+}
+
+/// `--eviction-hard` (the kubelet's defaults when absent; an empty value turns eviction off;
+/// a given set replaces the defaults whole), `--eviction-pressure-transition-period` (5m) and
+/// `--eviction-monitoring-period` (10 s, the kubelet's housekeeping; a flag for tests).
+fn eviction_settings(a: &Args) -> Result<kubelet::eviction::Settings, String> {
+    let mut s = kubelet::eviction::Settings::default();
+    if let Some(v) = a.get("eviction-hard") {
+        s.thresholds = kubelet::eviction::thresholds::parse(v)?;
+    }
+    let duration = |flag: &str| -> Result<Option<std::time::Duration>, String> {
+        a.get(flag)
+            .map(|v| config::parse_duration(v).map_err(|e| format!("--{}: {}", flag, e)))
+            .transpose()
+    };
+    if let Some(d) = duration("eviction-pressure-transition-period")? {
+        s.transition = d;
+    }
+    if let Some(d) = duration("eviction-monitoring-period")? {
+        if d.is_zero() {
+            return Err("--eviction-monitoring-period: must be a positive duration".into());
+        }
+        s.period = d;
+    }
+    Ok(s)
 }
 
 /// One agent per root dir: an exclusive flock held for the daemon's life.

@@ -15,14 +15,12 @@ pub struct PodInfo {
     pub name: String,
     pub namespace: String,
     pub start_time: Option<String>,
-    pub qos: &'static str,
     pub dir: PathBuf,
     pub object: std::sync::Arc<serde_json::Value>,
     /// The pod's cgroup, when known (from a container's, or from --cgroup-root).
     pub cgroup: Option<String>,
     pub containers: Vec<ContainerInfo>,
     pub is_static: bool,
-    pub phase: String,
 }
 
 #[derive(Clone)]
@@ -101,9 +99,7 @@ impl Cache {
                     .to_string(),
                 uid: sp.uid,
                 start_time: sp.record.start_time.clone(),
-                qos,
                 is_static: sp.record.source.as_os_str() != crate::kubelet::cluster::API_SOURCE,
-                phase: sp.status.map(|s| s.phase).unwrap_or_default(),
                 object: sp.record.object.clone(),
                 dir: sp.dir,
                 cgroup,

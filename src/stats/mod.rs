@@ -58,10 +58,13 @@ pub struct Config {
 pub struct Stats {
     cfg: Config,
     cpu: Mutex<HashMap<String, CpuSample>>,
-    fs: Mutex<HashMap<PathBuf, (Instant, (u64, u64))>>,
+    fs: Mutex<HashMap<PathBuf, Measured>>,
     inventory: inventory::Cache,
     boot_time: u64,
 }
+
+/// A directory's (bytes, inodes) and when they were measured.
+type Measured = (Instant, (u64, u64));
 
 #[derive(Clone, Copy)]
 struct CpuSample {
@@ -101,7 +104,6 @@ pub struct PodStats {
     pub namespace: String,
     pub uid: String,
     pub start_time: Option<String>,
-    pub qos: &'static str,
     pub is_static: bool,
     pub object: Arc<serde_json::Value>,
     pub usage: Usage,
@@ -153,10 +155,6 @@ impl Stats {
             })
             .map(drop)
             .map_err(|e| format!("starting the stats sampler: {}", e))
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     /// CPU rate of `key` from its previous reading, updating the kept reading.
@@ -305,7 +303,6 @@ impl Stats {
                 namespace: p.namespace,
                 uid: p.uid,
                 start_time: p.start_time,
-                qos: p.qos,
                 is_static: p.is_static,
                 object: p.object,
                 usage,
