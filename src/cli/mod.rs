@@ -398,7 +398,9 @@ fn run(rest: &[String]) -> Result<(), String> {
             cgroup_root: Some(config.cgroup_root.clone()),
             fs_ttl: std::time::Duration::from_secs(30),
         })),
-        pressure: std::sync::Arc::new(kubelet::eviction::NodePressure::new(eviction_settings(&a)?)),
+        pressure: std::sync::Arc::new(kubelet::eviction::NodePressure::new(eviction_settings(
+            &a, &config,
+        )?)),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,
@@ -532,8 +534,11 @@ fn image_gc_flags(a: &Args, config: &mut Config) -> Result<(), String> {
 /// `--eviction-hard` (the kubelet's defaults when absent; an empty value turns eviction off;
 /// a given set replaces the defaults whole), `--eviction-pressure-transition-period` (5m) and
 /// `--eviction-monitoring-period` (10 s, the kubelet's housekeeping; a flag for tests).
-fn eviction_settings(a: &Args) -> Result<kubelet::eviction::Settings, String> {
-    let mut s = kubelet::eviction::Settings::default();
+fn eviction_settings(a: &Args, config: &Config) -> Result<kubelet::eviction::Settings, String> {
+    let mut s = kubelet::eviction::Settings {
+        image_min_age: config.image_minimum_gc_age,
+        ..Default::default()
+    };
     if let Some(v) = a.get("eviction-hard") {
         s.thresholds = kubelet::eviction::thresholds::parse(v)?;
     }

@@ -45,15 +45,14 @@ pub fn main(a: &Args) -> Result<(), String> {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("--count {:?}: a positive number", v))?,
         };
+        if kind != "metrics-resource" {
+            // usageNanoCores is a rate: a first reading, then the scrape `interval` later.
+            stats.snapshot(false);
+            std::thread::sleep(interval(a)?);
+        }
         return raw(&stats, kind, count);
     }
-    let interval = match a.get("interval") {
-        None => Duration::from_secs(1),
-        Some(v) => crate::config::parse_duration(v)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("--interval {:?}: a positive duration such as 1s", v))?,
-    };
+    let interval = interval(a)?;
     // CPU is a rate: two readings, `interval` apart.
     stats.snapshot(false);
     std::thread::sleep(interval);
@@ -73,6 +72,16 @@ pub fn main(a: &Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn interval(a: &Args) -> Result<Duration, String> {
+    match a.get("interval") {
+        None => Ok(Duration::from_secs(1)),
+        Some(v) => crate::config::parse_duration(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--interval {:?}: a positive duration such as 1s", v)),
+    }
 }
 
 fn raw(stats: &Stats, kind: &str, count: u32) -> Result<(), String> {

@@ -181,6 +181,9 @@ impl Node {
             // Parallel test nodes would all want 127.0.0.1:10248.
             "--healthz-port".into(),
             "0".into(),
+            // No node-pressure eviction: the kubelet's default thresholds depend on how full
+            // the test machine's disk is. tests/stats.rs sets its own (the last value wins).
+            "--eviction-hard=".into(),
         ]
         .into_iter()
         .chain(self.extra_run_args.iter().cloned())

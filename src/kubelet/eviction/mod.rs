@@ -29,6 +29,8 @@ pub struct Settings {
     /// `--eviction-pressure-transition-period`: how long a condition stays after its
     /// threshold cleared, so it does not flap.
     pub transition: Duration,
+    /// imageMinimumGCAge: images younger than this survive the reclaim under disk pressure.
+    pub image_min_age: Duration,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             thresholds: thresholds::defaults(),
             period: Duration::from_secs(10),
             transition: Duration::from_secs(5 * 60),
+            image_min_age: Duration::from_secs(2 * 60),
         }
     }
 }
@@ -265,7 +268,8 @@ impl Monitor {
         self.was = now;
     }
 
-    /// Removes every image no pod uses; returns whether anything was freed.
+    /// Removes every image no pod uses that is older than the minimum GC age (the kubelet's
+    /// DeleteUnusedImages); returns whether anything was freed.
     fn reclaim_images(&self) -> bool {
         let in_use = match super::image_gc::images_in_use(&self.root) {
             Ok(r) => r,
@@ -274,7 +278,14 @@ impl Monitor {
                 return false;
             }
         };
-        match self.ctx.images.store.prune(&in_use) {
+        // Thresholds of 0 %: free all that may be freed.
+        let policy = crate::image::GcPolicy {
+            high_pct: 0,
+            low_pct: 0,
+            min_age: self.settings.image_min_age,
+        };
+        let store = &self.ctx.images.store;
+        match store.collect(&in_use, &policy, &mut || store.disk_usage()) {
             Ok(r) => {
                 if !r.removed.is_empty() {
                     log::info!(
