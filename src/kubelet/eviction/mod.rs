@@ -368,7 +368,8 @@ fn usage(p: &PodStats, signal: Signal) -> u64 {
 /// Eviction order, first to go first, as the kubelet ranks: for memory and disk, pods using
 /// more than they requested first, then by priority (lowest first), then by how far above the
 /// request they are; for PIDs, by priority then process count. BestEffort pods request nothing
-/// and so go first; Guaranteed pods cannot exceed their requests and so go last.
+/// and so go first; Guaranteed pods cannot exceed their requests and so go with the Burstable
+/// pods that stay within theirs, last (ordered by usage - request, as the kubelet does).
 pub fn rank<'a>(pods: &[&'a PodStats], signal: Signal) -> Vec<&'a PodStats> {
     let mut v: Vec<&PodStats> = pods.iter().copied().filter(|p| !is_critical(p)).collect();
     let resource = match signal.condition() {
@@ -424,4 +425,169 @@ pub fn message(m: &Met, pod: &PodStats) -> String {
         }
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::cgroup::{Memory, Usage};
+    use serde_json::json;
+
+    fn pod(
+        name: &str,
+        ws_mi: u64,
+        resources: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> PodStats {
+        let mut spec = json!({"containers": [{"name": "c", "resources": resources}]});
+        if let Some(p) = extra.get("priority") {
+            spec["priority"] = p.clone();
+        }
+        PodStats {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: name.into(),
+            start_time: None,
+            is_static: extra.get("static").is_some(),
+            object: Arc::new(json!({"spec": spec})),
+            usage: Usage {
+                memory: Some(Memory {
+                    working_set: ws_mi << 20,
+                    usage: ws_mi << 20,
+                    ..Default::default()
+                }),
+                cpu_ns: None,
+                pids: Some(ws_mi),
+            },
+            nanocores: None,
+            interfaces: None,
+            containers: vec![crate::stats::ContainerStats {
+                name: "c".into(),
+                id: "x".into(),
+                started_at: String::new(),
+                usage: Usage {
+                    memory: Some(Memory {
+                        working_set: ws_mi << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                nanocores: None,
+                rootfs: None,
+                logs: None,
+            }],
+            volumes: Vec::new(),
+            ephemeral_bytes: None,
+        }
+    }
+
+    #[test]
+    fn memory_ranking_is_the_kubelets() {
+        let guaranteed = pod(
+            "guaranteed",
+            60,
+            json!({"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}}),
+            json!({}),
+        );
+        let within = pod(
+            "burstable-within",
+            30,
+            json!({"requests": {"memory": "100Mi"}}),
+            json!({}),
+        );
+        let over = pod(
+            "burstable-over",
+            50,
+            json!({"requests": {"memory": "10Mi"}}),
+            json!({}),
+        );
+        let small_be = pod("besteffort-small", 5, json!({}), json!({}));
+        let big_be = pod("besteffort-big", 80, json!({}), json!({}));
+        let important = pod(
+            "besteffort-important",
+            90,
+            json!({}),
+            json!({"priority": 1000}),
+        );
+        let st = pod("static", 500, json!({}), json!({"static": true}));
+        let critical = pod(
+            "critical",
+            500,
+            json!({}),
+            json!({"priority": 2_000_001_000}),
+        );
+        let all = [
+            &guaranteed,
+            &within,
+            &over,
+            &small_be,
+            &big_be,
+            &important,
+            &st,
+            &critical,
+        ];
+        let names: Vec<&str> = rank(&all, Signal::MemoryAvailable)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        // Over their requests first (by priority, then by how far over), then the others.
+        assert_eq!(
+            names,
+            [
+                "besteffort-big",
+                "burstable-over",
+                "besteffort-small",
+                "besteffort-important",
+                // Within their requests, Guaranteed and Burstable alike: the closest to
+                // their request first (usage - request, larger first), as the kubelet.
+                "guaranteed",
+                "burstable-within"
+            ]
+        );
+        // PIDs: by priority, then process count.
+        let pids: Vec<&str> = rank(&[&small_be, &big_be, &important], Signal::PidAvailable)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            pids,
+            ["besteffort-big", "besteffort-small", "besteffort-important"]
+        );
+    }
+
+    #[test]
+    fn eviction_message_names_threshold_available_and_containers() {
+        let p = pod("be", 80, json!({}), json!({}));
+        let m = Met {
+            threshold: thresholds::parse("memory.available<100Mi")
+                .unwrap()
+                .remove(0),
+            available: 80 << 20,
+            capacity: 1 << 30,
+        };
+        assert_eq!(
+            message(&m, &p),
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 80Mi. \
+             Container c was using 80Mi, request is 0, has larger consumption of memory. "
+        );
+    }
+
+    #[test]
+    fn conditions_hold_for_the_transition_period() {
+        let np = NodePressure::new(Settings {
+            transition: Duration::from_secs(60),
+            ..Default::default()
+        });
+        assert_eq!(np.get(), Pressure::default());
+        np.met(Condition::Disk, Instant::now());
+        assert!(np.get().disk && !np.get().memory);
+        let zero = NodePressure::new(Settings {
+            transition: Duration::ZERO,
+            ..Default::default()
+        });
+        zero.met(Condition::Memory, Instant::now());
+        assert!(!zero.get().memory);
+        assert_eq!(np.reserved(Signal::NodefsAvailable, 1000), 100);
+        assert_eq!(np.reserved(Signal::PidAvailable, 1000), 0);
+    }
 }
