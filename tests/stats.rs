@@ -306,6 +306,11 @@ fn metrics_parse_with_the_kubelets_names_and_labels() {
 // ---- eviction (cluster mode) ----
 
 fn join(api: &ApiServer, extra: &[&str]) -> Node {
+    join_prepared(api, extra, |_| {})
+}
+
+/// `join`, with `prepare` run before the daemon starts.
+fn join_prepared(api: &ApiServer, extra: &[&str], prepare: impl FnOnce(&Node)) -> Node {
     let mut node = Node::create();
     let kubeconfig = node.dir.join("kubeconfig");
     api.write_kubeconfig(
@@ -325,6 +330,7 @@ fn join(api: &ApiServer, extra: &[&str]) -> Node {
         .map(|s| s.to_string()),
     );
     node.import_image();
+    prepare(&node);
     node.start_daemon();
     node
 }
@@ -478,5 +484,97 @@ fn memory_pressure_evicts_besteffort_then_burstable_then_guaranteed_never_static
     // The static pod is critical: it never goes.
     let st = node.pod("critical").unwrap();
     assert_eq!(st["status"]["phase"], "Running", "{}", st["status"]);
+    api.assert_no_violations();
+}
+
+/// Under disk pressure the kubelet first removes unused images, then evicts; static pods never go.
+#[test]
+fn disk_pressure_collects_unused_images_first_and_spares_static_pods() {
+    let api = ApiServer::start();
+    api.ensure_namespace("default");
+    // nodefs below 99.9 % free: true on any machine with anything on its disk.
+    let node = join_prepared(
+        &api,
+        &[
+            "--eviction-hard",
+            "nodefs.available<99.9%",
+            "--eviction-monitoring-period",
+            "2s",
+            "--minimum-image-ttl-duration",
+            "0s",
+        ],
+        |node| {
+            let layout = node.dir.join("tiny-layout");
+            let layer = support::oci::one_file_tar("payload", b"an image no pod uses\n");
+            support::oci::write_image_layout(&layout, &[layer], &["/payload"], None);
+            node.tinylet_ok(&[
+                "image",
+                "import",
+                &layout.display().to_string(),
+                "--name",
+                "other.local/unused:1",
+            ]);
+            node.write_manifest(
+                "static.yaml",
+                &pod_manifest("critical")
+                    .grace(2)
+                    .container("c", "echo some log; sleep 3600")
+                    .yaml(),
+            );
+        },
+    );
+    let ctx = || format!("--- tinylet:\n{}", node.daemon_log_tail(40));
+    poll_until(
+        WAIT,
+        "DiskPressure on the node",
+        || node_condition(&api, &node, "DiskPressure").as_deref() == Some("True"),
+        ctx,
+    );
+    poll_until(
+        WAIT,
+        "the unused image to be collected",
+        || {
+            !node
+                .tinylet_ok(&["image", "ls"])
+                .contains("other.local/unused")
+        },
+        ctx,
+    );
+    // The image the static pod runs stays, and so does the pod (critical).
+    assert!(node.tinylet_ok(&["image", "ls"]).contains("busybox"));
+    poll_until(
+        WAIT,
+        "the static pod to run",
+        || node.pod("critical").is_some_and(|p| all_running(&p)),
+        ctx,
+    );
+    api.create_pod(&api_pod(&node, "victim", json!({})));
+    poll_until(
+        std::time::Duration::from_secs(40),
+        "the API pod to be evicted for ephemeral-storage",
+        || {
+            api.pod("default", "victim").is_some_and(|p| {
+                p["status"]["reason"] == "Evicted"
+                    && p["status"]["message"].as_str().is_some_and(|m| {
+                        m.starts_with(
+                            "The node was low on resource: ephemeral-storage. Threshold quantity: ",
+                        )
+                    })
+            })
+        },
+        ctx,
+    );
+    assert_eq!(node.pod("critical").unwrap()["status"]["phase"], "Running");
+    assert_eq!(
+        node_condition(&api, &node, "MemoryPressure").as_deref(),
+        Some("False")
+    );
+    let events = events(&api, "default");
+    assert!(
+        events.iter().any(|e| e["reason"] == "EvictionThresholdMet"
+            && e["message"] == "Attempting to reclaim ephemeral-storage"),
+        "{:?}",
+        events
+    );
     api.assert_no_violations();
 }

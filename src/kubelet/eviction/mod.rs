@@ -166,9 +166,11 @@ pub fn start(
                 evicted: HashSet::new(),
                 was: Pressure::default(),
             };
+            // The first look one period after start-up, as image GC: the pod workers have
+            // then recorded which images their pods use.
             loop {
-                monitor.pass();
                 std::thread::sleep(monitor.settings.period);
+                monitor.pass();
             }
         })
         .map(drop)
