@@ -137,26 +137,34 @@ pub fn disk_usage(dir: &Path, max_entries: usize) -> Option<(u64, u64)> {
     Some((bytes, inodes))
 }
 
-/// Processes running now (numeric /proc entries) and the kernel's pid limit: the kubelet's
-/// rlimit stats and pid.available.
+/// Tasks (threads) that exist now and the most there may be: the kubelet's rlimit stats and
+/// pid.available. As the kubelet: the count is /proc/loadavg's fourth field (sysinfo(2)
+/// truncates past 65535), the limit the smaller of kernel.pid_max and kernel.threads-max.
 pub fn processes() -> (u64, u64) {
-    let running = fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .as_encoded_bytes()
-                        .iter()
-                        .all(u8::is_ascii_digit)
-                })
-                .count() as u64
-        })
-        .unwrap_or(0);
-    let max = fs::read_to_string("/proc/sys/kernel/pid_max")
+    let running = fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|t| t.trim().parse().ok())
+        .and_then(|t| loadavg_tasks(&t))
         .unwrap_or(0);
+    let read = |p: &str| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let max = [
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(0);
     (running, max)
+}
+
+/// `0.50 0.30 0.20 2/345 12345` -> 345.
+fn loadavg_tasks(text: &str) -> Option<u64> {
+    text.split_whitespace()
+        .nth(3)?
+        .split_once('/')?
+        .1
+        .parse()
+        .ok()
 }
 
 /// utime + stime of a process from /proc/<pid>/stat, in clock ticks (the benchmark's agent CPU).
@@ -195,6 +203,8 @@ mod tests {
                 tx_errors: 3
             }]
         );
+        assert_eq!(loadavg_tasks("0.50 0.30 0.20 2/345 12345\n"), Some(345));
+        assert_eq!(loadavg_tasks("garbage"), None);
         let pstat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 100 0 0";
         assert_eq!(process_cpu_ticks(pstat), Some(12));
     }

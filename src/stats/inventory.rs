@@ -41,28 +41,42 @@ struct Fixed {
     started_at: String,
 }
 
+/// What a scrape needs of a pod record, kept while pod.json is unchanged.
+struct PodMeta {
+    modified: std::time::SystemTime,
+    name: String,
+    namespace: String,
+    start_time: Option<String>,
+    qos: &'static str,
+    is_static: bool,
+    object: std::sync::Arc<serde_json::Value>,
+}
+
 #[derive(Default)]
-pub struct Cache(Mutex<HashMap<String, Fixed>>);
+pub struct Cache {
+    containers: Mutex<HashMap<String, Fixed>>,
+    pods: Mutex<HashMap<PathBuf, std::sync::Arc<PodMeta>>>,
+}
 
 impl Cache {
     /// The pods on disk with their running containers. Pods with nothing running are listed
     /// too (with no containers): callers decide whether to show them.
     pub fn pods(&self, root: &Path, cgroup_root: Option<&str>) -> Vec<PodInfo> {
         let mut seen = Vec::new();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(store::pods_dir(root))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.sort();
         let mut out = Vec::new();
-        for sp in store::list_pods(root) {
-            let obj = &sp.record.object;
-            // The published status has the class; a pod without one yet is classed from its spec.
-            let qos = match sp.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
-                Some("Guaranteed") => "Guaranteed",
-                Some("Burstable") => "Burstable",
-                Some(_) => "BestEffort",
-                None => serde_json::from_value::<PodSpec>(obj["spec"].clone())
-                    .ok()
-                    .as_ref()
-                    .map(status::qos_class)
-                    .unwrap_or("BestEffort"),
+        for dir in &dirs {
+            let Some(meta) = self.meta(dir) else {
+                continue;
             };
+            let uid = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let obj = &meta.object;
             let names: Vec<String> = ["initContainers", "containers"]
                 .iter()
                 .flat_map(|k| obj["spec"][*k].as_array().into_iter().flatten())
@@ -70,7 +84,7 @@ impl Cache {
                 .collect();
             let mut containers = Vec::new();
             for name in names {
-                let Some(id) = store::load_container(&sp.dir, &name).and_then(|r| r.current) else {
+                let Some(id) = store::load_container(dir, &name).and_then(|r| r.current) else {
                     continue;
                 };
                 let id = id.id;
@@ -89,27 +103,73 @@ impl Cache {
                 .first()
                 .and_then(|c| c.cgroup.rsplit_once('/').map(|(p, _)| p.to_string()))
                 .or_else(|| {
-                    cgroup_root.map(|r| crate::runtime::cgroups::pod_cgroup_path(r, qos, &sp.uid))
+                    cgroup_root.map(|r| crate::runtime::cgroups::pod_cgroup_path(r, meta.qos, &uid))
                 });
             out.push(PodInfo {
-                name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                namespace: obj["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                uid: sp.uid,
-                start_time: sp.record.start_time.clone(),
-                is_static: sp.record.source.as_os_str() != crate::kubelet::cluster::API_SOURCE,
-                object: sp.record.object.clone(),
-                dir: sp.dir,
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid,
+                start_time: meta.start_time.clone(),
+                is_static: meta.is_static,
+                object: meta.object.clone(),
+                dir: dir.clone(),
                 cgroup,
                 containers,
             });
         }
-        if let Ok(mut m) = self.0.lock() {
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        if let Ok(mut m) = self.containers.lock() {
             m.retain(|id, _| seen.contains(id));
         }
+        if let Ok(mut m) = self.pods.lock() {
+            m.retain(|d, _| dirs.contains(d));
+        }
         out
+    }
+
+    /// The pod record of `dir`, parsed again only when pod.json changed.
+    fn meta(&self, dir: &Path) -> Option<std::sync::Arc<PodMeta>> {
+        let modified = std::fs::metadata(dir.join("pod.json"))
+            .ok()?
+            .modified()
+            .ok()?;
+        if let Some(m) = self.pods.lock().ok()?.get(dir) {
+            if m.modified == modified {
+                return Some(m.clone());
+            }
+        }
+        let rec = match store::load_pod(dir) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                log::debug!("stats: skipping {}: {}", dir.display(), e);
+                return None;
+            }
+        };
+        let obj = &rec.object;
+        // The class is a function of the spec: no need to read the published status.
+        let qos = serde_json::from_value::<PodSpec>(obj["spec"].clone())
+            .ok()
+            .as_ref()
+            .map(status::qos_class)
+            .unwrap_or("BestEffort");
+        let meta = std::sync::Arc::new(PodMeta {
+            modified,
+            name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            namespace: obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            start_time: rec.start_time.clone(),
+            qos,
+            is_static: rec.source.as_os_str() != crate::kubelet::cluster::API_SOURCE,
+            object: rec.object.clone(),
+        });
+        self.pods
+            .lock()
+            .ok()?
+            .insert(dir.to_path_buf(), meta.clone());
+        Some(meta)
     }
 
     /// A container that runs now (its monitor recorded the start and no exit).
@@ -118,7 +178,7 @@ impl Cache {
         if bundle.join("exit.json").exists() {
             return None;
         }
-        if let Some(f) = self.0.lock().ok().and_then(|m| m.get(id).cloned()) {
+        if let Some(f) = self.containers.lock().ok().and_then(|m| m.get(id).cloned()) {
             return Some(f);
         }
         let started = shim::read_started(&bundle)?;
@@ -130,7 +190,7 @@ impl Cache {
             pid: started.pid,
             started_at: started.started_at,
         };
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.containers.lock() {
             m.insert(id.to_string(), f.clone());
         }
         Some(f)
