@@ -304,6 +304,31 @@ mod tests {
     }
 
     #[test]
+    fn eviction_fields() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             evictionHard:\n  memory.available: 200Mi\n  nodefs.available: '5%'\n\
+             evictionPressureTransitionPeriod: 30s\n",
+        );
+        let mut a = args(&[]);
+        assert!(apply(&p, &mut a).unwrap().is_empty());
+        let hard = a.get("eviction-hard").unwrap();
+        let mut items: Vec<&str> = hard.split(',').collect();
+        items.sort();
+        assert_eq!(items, ["memory.available<200Mi", "nodefs.available<5%"]);
+        assert_eq!(a.get("eviction-pressure-transition-period"), Some("30s"));
+        std::fs::remove_file(p).unwrap();
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             evictionHard: {cpu.available: 1}\n",
+        );
+        assert!(apply(&p, &mut args(&[]))
+            .unwrap_err()
+            .contains("evictionHard.cpu.available"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
     fn bad_files_name_what_is_wrong() {
         for (text, want) in [
             ("kind: KubeletConfiguration\n", "apiVersion: Unsupported value"),
