@@ -47,6 +47,8 @@ fn raw(node: &Node, kind: &str) -> String {
         &node.node_name,
         "--pod-log-dir",
         &node.log_dir.display().to_string(),
+        "--cgroup-root",
+        &node.cgroup_root,
     ])
 }
 
@@ -127,6 +129,14 @@ fn summary_has_the_kubelets_shape_and_real_usage() {
     assert_fs(&n["runtime"]["imageFs"], "node.runtime.imageFs");
     assert!(u(&n["rlimit"]["maxpid"]) > u(&n["rlimit"]["curproc"]));
     assert!(u(&n["rlimit"]["curproc"]) > 0);
+    let pods = &n["systemContainers"][0];
+    assert_eq!(pods["name"], "pods", "{}", n["systemContainers"]);
+    assert!(u(&pods["cpu"]["usageNanoCores"]) > 200_000_000, "{}", pods);
+    assert!(
+        u(&pods["memory"]["workingSetBytes"]) >= 40_000_000,
+        "{}",
+        pods
+    );
 
     let burner = pod_of(&s, &node, "burner").unwrap();
     assert_eq!(burner["podRef"]["namespace"], "default");

@@ -33,7 +33,7 @@ usage:
               [--pod-max-pids N] [--eviction-hard SIGNAL<QUANTITY|PCT%,...] [--eviction-pressure-transition-period 5m]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
-  tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR]
+  tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR] [--cgroup-root PATH]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
               [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub const FLAGS: &[&str] = &[
     "root-dir",
     "pod-log-dir",
+    "cgroup-root",
     "node-name",
     "n",
     "namespace",
@@ -31,7 +32,9 @@ pub fn main(a: &Args) -> Result<(), String> {
         root_dir: super::root_dir(a),
         pod_log_dir: PathBuf::from(a.get("pod-log-dir").unwrap_or("/var/log/pods")),
         cgroups: crate::runtime::cgroups::Hierarchy::detect(),
-        cgroup_root: None,
+        // The daemon's --cgroup-root: only for the "pods" system container; pods' cgroups are
+        // found from their containers'.
+        cgroup_root: a.get("cgroup-root").map(str::to_string),
         // One process, one look: nothing to reuse.
         fs_ttl: Duration::ZERO,
     };

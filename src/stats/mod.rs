@@ -48,8 +48,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     pub pod_log_dir: PathBuf,
     pub cgroups: Hierarchy,
-    /// `--cgroup-root`, for the cgroups of pods with no container running; None when unknown
-    /// (the CLI): such pods then have no CPU or memory figures.
+    /// `--cgroup-root`, for the `kubepods` cgroup (the "pods" system container); None when
+    /// unknown (the CLI without --cgroup-root).
     pub cgroup_root: Option<String>,
     /// How long a directory's measured size is reused.
     pub fs_ttl: Duration,
@@ -97,6 +97,9 @@ pub struct NodeStats {
     pub interfaces: Vec<Interface>,
     pub processes: u64,
     pub pid_max: u64,
+    /// The `kubepods` cgroup (the kubelet's "pods" system container), when --cgroup-root is
+    /// known, with its CPU rate.
+    pub pods_cgroup: Option<(Usage, Option<u64>)>,
 }
 
 pub struct PodStats {
@@ -221,7 +224,14 @@ impl Stats {
         });
         let (processes, pid_max) = host::processes();
         let images = self.cfg.root_dir.join("images");
+        let pods_cgroup = self.cfg.cgroup_root.as_deref().map(|r| {
+            let cg = format!("{}/kubepods", r.trim_end_matches('/'));
+            let u = cgroup::read(h, &cg);
+            let rate = self.rate(&cg, u.cpu_ns, now);
+            (u, rate)
+        });
         let node = NodeStats {
+            pods_cgroup,
             name: self.cfg.node_name.clone(),
             boot_time: self.boot_time,
             nanocores: self.rate("/", cpu_ns, now),

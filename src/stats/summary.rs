@@ -102,7 +102,12 @@ fn node(n: &NodeStats, time: &str) -> Value {
     );
     json!({
         "nodeName": n.name,
-        "systemContainers": [],
+        "systemContainers": n.pods_cgroup.iter().map(|(u, rate)| json!({
+            "name": "pods",
+            "startTime": clock::rfc3339(Duration::from_secs(n.boot_time)),
+            "cpu": cpu(time, u.cpu_ns, *rate),
+            "memory": memory(time, u.memory, None),
+        })).collect::<Vec<_>>(),
         "startTime": clock::rfc3339(Duration::from_secs(n.boot_time)),
         "cpu": cpu(time, n.cpu_ns, n.nanocores),
         "memory": memory(time, n.memory, n.memory_available),
