@@ -61,6 +61,8 @@ pub struct Stats {
     fs: Mutex<HashMap<PathBuf, Measured>>,
     inventory: inventory::Cache,
     boot_time: u64,
+    /// Pods evicted by this agent, per eviction signal (`kubelet_evictions`).
+    evictions: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// A directory's (bytes, inodes) and when they were measured.
@@ -142,6 +144,14 @@ impl Stats {
             cpu: Mutex::new(HashMap::new()),
             fs: Mutex::new(HashMap::new()),
             inventory: Default::default(),
+            evictions: Default::default(),
+        }
+    }
+
+    /// Counts an eviction for `kubelet_evictions{eviction_signal}`.
+    pub fn count_eviction(&self, signal: &'static str) {
+        if let Ok(mut m) = self.evictions.lock() {
+            *m.entry(signal).or_default() += 1;
         }
     }
 
@@ -394,7 +404,8 @@ impl StatsSource for Stats {
         Ok(summary::render(&self.snapshot(true)))
     }
     fn metrics(&self) -> String {
-        prometheus::metrics(&self.snapshot(true))
+        let evictions = self.evictions.lock().map(|m| m.clone()).unwrap_or_default();
+        prometheus::metrics(&self.snapshot(true), &evictions)
     }
     fn metrics_resource(&self) -> String {
         prometheus::resource(&self.snapshot(false))

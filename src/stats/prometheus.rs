@@ -194,7 +194,7 @@ pub fn resource(s: &Snapshot) -> String {
 }
 
 /// `/metrics`.
-pub fn metrics(s: &Snapshot) -> String {
+pub fn metrics(s: &Snapshot, evictions: &std::collections::BTreeMap<&'static str, u64>) -> String {
     let mut o = Out {
         text: String::new(),
         ts: None,
@@ -224,6 +224,18 @@ pub fn metrics(s: &Snapshot) -> String {
         &[("container_state", "running")],
         running as f64,
     );
+    o.family(
+        "kubelet_evictions",
+        "counter",
+        "[ALPHA] Cumulative number of pod evictions by eviction signal",
+    );
+    for (signal, n) in evictions {
+        o.sample(
+            "kubelet_evictions",
+            &[("eviction_signal", signal)],
+            *n as f64,
+        );
+    }
     o.family(
         "machine_memory_bytes",
         "gauge",
@@ -382,6 +394,38 @@ fn process_metrics(o: &mut Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evictions_are_counted_per_signal() {
+        let snap = Snapshot {
+            at: std::time::Duration::from_secs(1_700_000_000),
+            node: super::super::NodeStats {
+                name: "n1".into(),
+                boot_time: 0,
+                cpu_ns: Some(2_000_000_000),
+                nanocores: None,
+                memory: None,
+                memory_capacity: 1 << 30,
+                memory_available: None,
+                fs: None,
+                imagefs: None,
+                images_used: None,
+                interfaces: Vec::new(),
+                processes: 10,
+                pid_max: 100,
+                pods_cgroup: None,
+            },
+            pods: Vec::new(),
+        };
+        let mut ev = std::collections::BTreeMap::new();
+        ev.insert("memory.available", 3);
+        let text = metrics(&snap, &ev);
+        assert!(text.contains("# TYPE kubelet_evictions counter\n"));
+        assert!(text.contains("kubelet_evictions{eviction_signal=\"memory.available\"} 3\n"));
+        assert!(text.contains("node_cpu_usage_seconds_total 2\n"));
+        // No memory reading: the resource endpoint says so.
+        assert!(resource(&snap).contains("\nresource_scrape_error 1\n"));
+    }
 
     #[test]
     fn samples_escape_labels_and_format_numbers() {

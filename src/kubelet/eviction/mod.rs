@@ -246,6 +246,7 @@ impl Monitor {
             message
         );
         self.evicted.insert(victim.uid.clone());
+        self.stats.count_eviction(m.threshold.signal.name());
         let _ = self.supervisor.send(Event::Evict {
             uid: victim.uid.clone(),
             message,
