@@ -165,6 +165,7 @@ pub fn start(
                 settings,
                 evicted: HashSet::new(),
                 was: Pressure::default(),
+                told_nothing_to_evict: false,
             };
             // The first look one period after start-up, as image GC: the pod workers have
             // then recorded which images their pods use.
@@ -187,6 +188,8 @@ struct Monitor {
     /// Pods already told to go (their containers may take the grace period to stop).
     evicted: HashSet<String>,
     was: Pressure,
+    /// "Nothing to evict" was logged for the current spell of pressure (not every period).
+    told_nothing_to_evict: bool,
 }
 
 impl Monitor {
@@ -205,6 +208,7 @@ impl Monitor {
         }
         self.log_transitions();
         let Some(first) = pick(&met) else {
+            self.told_nothing_to_evict = false;
             return;
         };
         if first.threshold.signal.condition() == Condition::Disk {
@@ -232,10 +236,13 @@ impl Monitor {
             .filter(|p| !self.evicted.contains(&p.uid))
             .collect();
         let Some(victim) = rank(&candidates, m.threshold.signal).into_iter().next() else {
-            log::warn!(
-                "eviction: {} met but no pod can be evicted (only critical pods run)",
-                m.threshold
-            );
+            if !std::mem::replace(&mut self.told_nothing_to_evict, true) {
+                log::warn!(
+                    "eviction: {} met (available {}) but no pod can be evicted: only critical pods run",
+                    m.threshold,
+                    thresholds::fmt_amount(m.threshold.signal, m.available)
+                );
+            }
             return;
         };
         let message = message(&m, victim);
