@@ -10,6 +10,7 @@ mod image;
 mod kube;
 mod kubelet;
 mod logging;
+mod network;
 mod runtime;
 mod server;
 mod stats;

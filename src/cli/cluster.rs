@@ -11,7 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn mode(a: &Args, config: &Config, runc_version: &str) -> Result<Option<ClusterMode>, String> {
+pub fn mode(
+    a: &Args,
+    config: &Config,
+    runc_version: &str,
+    network: std::sync::Arc<crate::network::Network>,
+) -> Result<Option<ClusterMode>, String> {
     let Some(kubeconfig) = a.get("kubeconfig") else {
         if a.get("bootstrap-kubeconfig").is_some() {
             return Err(
@@ -55,6 +60,7 @@ pub fn mode(a: &Args, config: &Config, runc_version: &str) -> Result<Option<Clus
         status_report: duration(a, "node-status-report-frequency", Duration::from_secs(300))?,
         lease_duration_secs: number(a, "node-lease-duration-seconds", 40)?,
         runc_version: runc_version.to_string(),
+        network,
         offline_max_age: match a.get("offline-max-age") {
             None | Some("0") | Some("0s") => None,
             Some(v) => Some(parse_duration(v).map_err(|e| format!("--offline-max-age: {}", e))?),

@@ -79,6 +79,9 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("seccompDefault", "seccomp-default", Kind::Bool),
     ("allowedUnsafeSysctls", "allowed-unsafe-sysctls", Kind::List),
     ("podPidsLimit", "pod-max-pids", Kind::SignedInt),
+    ("clusterDNS", "cluster-dns", Kind::List),
+    ("resolvConf", "resolv-conf", Kind::Str),
+    ("podCIDR", "pod-cidr", Kind::Str),
     ("evictionHard", "eviction-hard", Kind::Thresholds),
     (
         "evictionPressureTransitionPeriod",
@@ -90,11 +93,8 @@ const FIELDS: &[(&str, &str, Kind)] = &[
 /// Fields tinylet reads but does not act on yet (the features come with later issues).
 const NOT_YET: &[&str] = &[
     "address",
-    "clusterDNS",
-    "podCIDR",
     "authentication",
     "authorization",
-    "resolvConf",
     "readOnlyPort",
     "tlsCertFile",
     "tlsPrivateKeyFile",
@@ -269,9 +269,8 @@ mod tests {
         assert_eq!(a.get("serialize-image-pulls"), Some("false"));
         assert_eq!(a.get("node-status-update-frequency"), Some("20s"));
         assert_eq!(a.get("register-with-taints"), Some("edge=true:NoSchedule"));
-        assert!(warnings
-            .iter()
-            .any(|w| w.contains("clusterDNS is not used")));
+        assert_eq!(a.get("cluster-dns"), Some("10.96.0.10"));
+        assert!(!warnings.iter().any(|w| w.contains("clusterDNS")));
         assert!(warnings
             .iter()
             .any(|w| w.contains("unknown field \"surprise\"")));

@@ -28,7 +28,9 @@ usage:
               [--register-with-taints K=V:EFFECT,...] [--max-pods N] [--port N]
               [--node-status-update-frequency DURATION] [--node-lease-duration-seconds N]
               [--offline-max-age DURATION] [--healthz-port N] [--healthz-bind-address IP]
-              [--cluster-domain DOMAIN] [--container-log-max-size 10Mi] [--container-log-max-files 5]
+              [--cluster-domain DOMAIN] [--cluster-dns IP,...] [--resolv-conf FILE]
+              [--cni-conf-dir DIR] [--cni-bin-dir DIR,...] [--pod-cidr CIDR[,CIDR]]
+              [--container-log-max-size 10Mi] [--container-log-max-files 5]
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
               [--pod-max-pids N] [--eviction-hard SIGNAL<QUANTITY|PCT%,...] [--eviction-pressure-transition-period 5m]
   tinylet ps [-o table|json] [--root-dir DIR]
@@ -88,6 +90,11 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "eviction-hard",
     "eviction-pressure-transition-period",
     "eviction-monitoring-period",
+    "cni-conf-dir",
+    "cni-bin-dir",
+    "pod-cidr",
+    "cluster-dns",
+    "resolv-conf",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -366,6 +373,10 @@ fn run(rest: &[String]) -> Result<(), String> {
             "v1"
         }
     );
+    let network = std::sync::Arc::new(crate::network::Network::new(network_settings(
+        &a,
+        &config.root_dir,
+    )?));
     let ctx = Context {
         runtime: Runtime {
             runc,
@@ -401,6 +412,8 @@ fn run(rest: &[String]) -> Result<(), String> {
         pressure: std::sync::Arc::new(kubelet::eviction::NodePressure::new(eviction_settings(
             &a, &config,
         )?)),
+        volume_objects: Default::default(),
+        network: network.clone(),
     };
     let healthz_port: u16 = match a.get("healthz-port") {
         None => 10248,
@@ -412,7 +425,7 @@ fn run(rest: &[String]) -> Result<(), String> {
         a.get("healthz-bind-address").unwrap_or("127.0.0.1"),
         healthz_port,
     );
-    let cluster_mode = cluster::mode(&a, &config, &version)?;
+    let cluster_mode = cluster::mode(&a, &config, &version, network)?;
     kubelet::run(config, ctx, cluster_mode)
 }
 
@@ -453,6 +466,45 @@ pub(crate) fn unsafe_sysctls(a: &Args) -> Result<Vec<String>, String> {
         .collect();
     kubelet::sysctls::validate_allowlist(&list)?;
     Ok(list)
+}
+
+/// `--cni-conf-dir`, `--cni-bin-dir`, `--pod-cidr`, `--cluster-dns`, `--resolv-conf`.
+fn network_settings(a: &Args, root: &std::path::Path) -> Result<crate::network::Settings, String> {
+    let list = |flag: &str| -> Vec<String> {
+        a.get(flag)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let pod_cidrs = list("pod-cidr");
+    for c in &pod_cidrs {
+        crate::network::default_conf::parse_cidr(c).map_err(|e| format!("--pod-cidr {}", e))?;
+    }
+    let cluster_dns = list("cluster-dns");
+    for ip in &cluster_dns {
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| format!("--cluster-dns {:?}: not an IP address", ip))?;
+    }
+    // Debian and Ubuntu install the plugins in /usr/lib/cni; the usual place is /opt/cni/bin.
+    let bin_dirs: Vec<PathBuf> = match a.get("cni-bin-dir") {
+        Some(_) => list("cni-bin-dir").into_iter().map(PathBuf::from).collect(),
+        None => vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+    };
+    Ok(crate::network::Settings {
+        conf_dir: PathBuf::from(a.get("cni-conf-dir").unwrap_or("/etc/cni/net.d")),
+        bin_dirs,
+        pod_cidrs,
+        ipam_dir: root.join("cni").join("networks"),
+        cluster_dns,
+        cluster_domain: cluster_domain(a)?,
+        resolv_conf: match a.get("resolv-conf").unwrap_or("/etc/resolv.conf") {
+            "" => None,
+            f => Some(PathBuf::from(f)),
+        },
+    })
 }
 
 /// The node's pull settings: the flags, and a docker config.json at `<root-dir>/config.json` or

@@ -271,6 +271,34 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
     if spec["hostUsers"] == false {
         return not_yet("spec.hostUsers".into(), "user namespaces are");
     }
+    // As the kubelet on a host without AppArmor: a pod that asks for confinement is refused.
+    let apparmor = |sc: &Value| {
+        sc["appArmorProfile"]["type"]
+            .as_str()
+            .is_some_and(|t| t != "Unconfined")
+    };
+    let wants_apparmor = apparmor(&spec["securityContext"])
+        || ["initContainers", "containers"].iter().any(|l| {
+            spec[*l]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| apparmor(&c["securityContext"]))
+        })
+        || object["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, v)| {
+                k.starts_with("container.apparmor.security.beta.kubernetes.io/")
+                    && v != "unconfined"
+            });
+    if wants_apparmor {
+        return Some(
+            "appArmorProfile: Forbidden: AppArmor is not supported by tinylet (the pod asks for an AppArmor profile)"
+                .into(),
+        );
+    }
     if let Some(os) = spec["os"]["name"].as_str().filter(|os| *os != "linux") {
         return Some(format!(
             "spec.os.name: Unsupported value: {:?}: this node runs linux pods",
@@ -291,7 +319,6 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
             );
         }
     }
-    let host_network = spec["hostNetwork"] == true;
     for list in ["initContainers", "containers"] {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
             let field = |f: &str| format!("spec.{}[{}].{}", list, i, f);
@@ -305,16 +332,19 @@ pub fn unsupported_fields(object: &Value) -> Option<String> {
                     return not_yet(field(f), what);
                 }
             }
-            let host_port = c["ports"]
+            for (j, m) in c["volumeMounts"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|p| p["hostPort"].as_u64().is_some_and(|n| n > 0));
-            if host_port && !host_network {
-                return not_yet(
-                    field("ports"),
-                    "hostPort without hostNetwork (it needs CNI port mapping) is",
-                );
+                .enumerate()
+            {
+                let propagation = m["mountPropagation"].as_str().unwrap_or("None");
+                if propagation != "None" {
+                    return not_yet(
+                        field(&format!("volumeMounts[{}].mountPropagation", j)),
+                        &format!("{:?} is", propagation),
+                    );
+                }
             }
         }
     }
@@ -671,10 +701,6 @@ mod tests {
             ),
             ("    tty: true\n", "spec.containers[0].tty"),
             (
-                "    ports: [{containerPort: 80, hostPort: 8080}]\n",
-                "spec.containers[0].ports",
-            ),
-            (
                 "  initContainers: [{name: i, image: b, volumeDevices: [{name: d, devicePath: /dev/x}]}]\n",
                 "spec.initContainers[0].volumeDevices",
             ),
@@ -688,13 +714,27 @@ mod tests {
                 err
             );
         }
+        let confined = format!(
+            "{}    securityContext: {{appArmorProfile: {{type: RuntimeDefault}}}}\n",
+            GOOD
+        );
+        assert!(parse(&confined)
+            .remove(0)
+            .unwrap_err()
+            .message
+            .contains("AppArmor"));
         let windows = format!("{}  os: {{name: windows}}\n", GOOD);
         assert!(parse(&windows)
             .remove(0)
             .unwrap_err()
             .message
             .contains("spec.os.name"));
-        // With hostNetwork, a hostPort is the container port on the host: nothing to map.
+        // hostPorts are mapped by the CNI portmap plugin; with hostNetwork there is nothing to map.
+        let mapped = format!(
+            "{}    ports: [{{containerPort: 80, hostPort: 8080}}]\n",
+            GOOD
+        );
+        assert!(parse(&mapped)[0].is_ok(), "{:?}", parse(&mapped)[0]);
         let host = format!(
             "{}    ports: [{{containerPort: 80, hostPort: 80}}]\n  hostNetwork: true\n  os: {{name: linux}}\n",
             GOOD

@@ -49,6 +49,10 @@ pub struct Context {
     pub stats: Arc<crate::stats::Stats>,
     /// The pressure conditions the eviction monitor sets and the node status reports.
     pub pressure: Arc<eviction::NodePressure>,
+    /// configMaps and secrets read for volumes, shared by the pod workers for a short while.
+    pub volume_objects: pod_worker::VolumeObjects,
+    /// The pod network (CNI) and the pods' DNS settings.
+    pub network: Arc<crate::network::Network>,
 }
 
 /// Where desired pods come from; each source's set replaces its previous one.

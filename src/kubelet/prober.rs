@@ -1,13 +1,17 @@
 //! Container probes as the kubelet runs them: liveness, readiness and startup; `exec` (through
-//! `runc exec`), `httpGet` and `tcpSocket`, with their thresholds and timing. The pod worker
+//! `runc exec`), `httpGet` (HTTP and HTTPS, `http.rs`), `tcpSocket` and `grpc` (`grpc.rs`, the
+//! gRPC health protocol over h2c), with their thresholds and timing. The pod worker
 //! owns the schedule (`Prober`); this module says what one probe is and runs one attempt.
 //!
-//! HTTP and TCP probes dial from inside the pod's network namespace (a thread per pod that
+//! HTTP, TCP and gRPC probes dial from inside the pod's network namespace (a thread per pod that
 //! `setns`ed into it), to the pod's loopback unless `host` says otherwise: the pod needs no
 //! address reachable from the host for its probes to work.
 
+mod grpc;
+mod hpack;
+mod http;
+
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +53,11 @@ pub enum Action {
     Tcp {
         host: Option<String>,
         port: u16,
+    },
+    /// The gRPC health protocol; the kubelet dials the pod's IP (here its loopback).
+    Grpc {
+        port: u16,
+        service: String,
     },
 }
 
@@ -156,13 +165,20 @@ pub fn parse_action(p: &Value, container: &Value, field: &str) -> Result<Action,
             port: port_of(&p["tcpSocket"])?,
         }
     } else if p["grpc"].is_object() {
-        return Err(format!(
-            "{}.grpc: gRPC probes are not supported by tinylet yet",
-            field
-        ));
+        let g = &p["grpc"];
+        // A number only: gRPC probes take no named ports.
+        let port = g["port"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{}.grpc.port: Invalid value: {}", field, g["port"]))?;
+        Action::Grpc {
+            port,
+            service: g["service"].as_str().unwrap_or_default().to_string(),
+        }
     } else {
         return Err(format!(
-            "{}: one of exec, httpGet, tcpSocket is required",
+            "{}: one of exec, httpGet, tcpSocket, grpc is required",
             field
         ));
     };
@@ -281,18 +297,19 @@ pub fn run(probe: &Probe, target: &Target) -> Result<(), String> {
             path,
             headers,
         } => {
-            if scheme == "HTTPS" {
-                return Err("HTTPS probes are not supported by tinylet yet".into());
-            }
-            let (host, port, path, headers, timeout) = (
-                host.clone(),
-                *port,
-                path.clone(),
-                headers.clone(),
-                probe.timeout,
-            );
+            let url = http::Url {
+                https: scheme == "HTTPS",
+                host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                port: *port,
+                path: path.clone(),
+            };
+            let (headers, timeout) = (headers.clone(), probe.timeout);
+            in_netns(target.dialer, move || http::probe(url, &headers, timeout))
+        }
+        Action::Grpc { port, service } => {
+            let (port, service, timeout) = (*port, service.clone(), probe.timeout);
             in_netns(target.dialer, move || {
-                http_get(host.as_deref(), port, &path, &headers, timeout)
+                grpc::probe("127.0.0.1", port, &service, timeout)
             })
         }
     }
@@ -306,62 +323,6 @@ fn connect(host: Option<&str>, port: u16, timeout: Duration) -> Result<TcpStream
         .next()
         .ok_or_else(|| format!("{} has no address", host))?;
     TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial tcp {}: {}", addr, e))
-}
-
-/// A minimal HTTP/1.1 GET: success is a status in 200..400, as the kubelet's.
-fn http_get(
-    host: Option<&str>,
-    port: u16,
-    path: &str,
-    headers: &[(String, String)],
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut conn = connect(host, port, timeout)?;
-    let _ = conn.set_read_timeout(Some(timeout));
-    let _ = conn.set_write_timeout(Some(timeout));
-    let host_header = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| format!("{}:{}", host.unwrap_or("127.0.0.1"), port));
-    let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n",
-        path, host_header
-    );
-    for (k, v) in headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
-    {
-        req.push_str(&format!("{}: {}\r\n", k, v));
-    }
-    req.push_str("\r\n");
-    conn.write_all(req.as_bytes())
-        .map_err(|e| format!("Get \"http://{}{}\": {}", host_header, path, e))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("Get \"http://{}{}\": {}", host_header, path, e)),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "Get \"http://{}{}\": malformed HTTP response",
-                host_header, path
-            )
-        })?;
-    if (200..400).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {}", status))
-    }
 }
 
 /// Runs `f` in the pod's network namespace (through its dialer), or here for the host's.
@@ -412,7 +373,10 @@ mod tests {
     #[test]
     fn bad_probes_name_the_field() {
         for (c, want) in [
-            (json!({"livenessProbe": {"grpc": {"port": 1}}}), "grpc"),
+            (
+                json!({"livenessProbe": {"grpc": {"port": "grpc"}}}),
+                "livenessProbe.grpc.port",
+            ),
             (
                 json!({"livenessProbe": {"httpGet": {"port": "web"}}}),
                 "no container port named",
@@ -432,7 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn grpc_probes_parse() {
+        let c = json!({"readinessProbe": {"grpc": {"port": 9090, "service": "db"}}});
+        let p = parse(&c, Kind::Readiness).unwrap().unwrap();
+        assert_eq!(
+            p.action,
+            Action::Grpc {
+                port: 9090,
+                service: "db".into()
+            }
+        );
+    }
+
+    #[test]
     fn http_and_tcp_attempts_against_a_local_server() {
+        use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -449,8 +427,14 @@ mod tests {
             }
         });
         let t = Duration::from_secs(1);
-        assert!(http_get(None, port, "/", &[], t).is_ok());
-        let e = http_get(None, port, "/", &[], t).unwrap_err();
+        let url = http::Url {
+            https: false,
+            host: "127.0.0.1".into(),
+            port,
+            path: "/".into(),
+        };
+        assert!(http::probe(url.clone(), &[], t).is_ok());
+        let e = http::probe(url, &[], t).unwrap_err();
         assert!(e.contains("503"), "{}", e);
         assert!(connect(None, port, t).is_ok());
         let closed = std::net::TcpListener::bind("127.0.0.1:0")

@@ -336,7 +336,7 @@ fn kill_pause(dir: &Path) {
 /// An nsfs bind mount: the file's filesystem magic is NSFS_MAGIC.
 // f_type's integer type differs between targets (i64 on x86_64, u32/u64 elsewhere).
 #[allow(clippy::unnecessary_cast)]
-fn is_nsfs(p: &Path) -> bool {
+pub fn is_nsfs(p: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     nix::sys::statfs::statfs(p)
         .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)

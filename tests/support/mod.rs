@@ -118,8 +118,14 @@ pub struct Node {
     pub daemon_log: PathBuf,
     /// Appended to `run_args` (e.g. a registry's `--ca-file`, `--docker-config`).
     pub extra_run_args: Vec<String>,
+    /// The network namespace the daemon runs in (`use_netns`): the "node" network of
+    /// networking tests, so bridges, addresses and iptables rules never reach the host's.
+    pub netns: Option<String>,
     daemon: Option<Child>,
 }
+
+/// The node namespace's own address (TEST-NET-1; it exists only inside that namespace, on lo).
+pub const NODE_ADDR: &str = "192.0.2.1";
 
 impl Node {
     /// A node with the busybox image imported and its daemon running.
@@ -146,6 +152,7 @@ impl Node {
             cgroup_root: format!("/tinylet-it-{}-{}", pid, n),
             daemon_log: dir.join("daemon.log"),
             extra_run_args: Vec::new(),
+            netns: None,
             dir,
             daemon: None,
         };
@@ -181,6 +188,10 @@ impl Node {
             // Parallel test nodes would all want 127.0.0.1:10248.
             "--healthz-port".into(),
             "0".into(),
+            // Never the host's /etc/cni/net.d: a test node has a pod network only when its test
+            // writes one here (and runs the node in a namespace of its own, `use_netns`).
+            "--cni-conf-dir".into(),
+            p(&self.dir.join("net.d")),
             // No node-pressure eviction: the kubelet's default thresholds depend on how full
             // the test machine's disk is. tests/stats.rs sets its own (the last value wins).
             "--eviction-hard=".into(),
@@ -207,6 +218,19 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
+        if let Some(ns) = &self.netns {
+            let f = fs::File::open(format!("/run/netns/{}", ns))
+                .unwrap_or_else(|e| panic!("opening network namespace {}: {}", ns, e));
+            // SAFETY: setns(2) is async-signal-safe; the fd stays open in the parent until spawn
+            // returns. Only the network namespace changes (not the mount namespace, as `ip netns
+            // exec` would), so the daemon's mounts stay visible to the test.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent. It makes a
         // daemon die with the test thread that started it, even when the test process is killed.
         unsafe {
@@ -260,6 +284,51 @@ impl Node {
         self.kill9_daemon();
         teardown_runtime(&self.dir, &self.runtime_root, &self.cgroup_root);
         let _ = fs::remove_dir_all(&self.runtime_root);
+        // The node's network (bridge, iptables rules) does not survive a reboot either.
+        if let Some(ns) = self.netns.clone() {
+            delete_netns(&ns);
+            make_netns(&ns);
+        }
+    }
+
+    /// Runs the daemon (from the next `start_daemon`) in a network namespace of its own, made
+    /// here and deleted when the node drops, with `NODE_ADDR` on its loopback as the node's
+    /// address (`--node-ip`).
+    pub fn use_netns(&mut self) {
+        let ns = format!(
+            "tl-{}",
+            self.dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("tinylet-it-"))
+                .expect("node dir name")
+        );
+        make_netns(&ns);
+        self.netns = Some(ns);
+        self.extra_run_args
+            .extend(["--node-ip".to_string(), NODE_ADDR.to_string()]);
+    }
+
+    /// Moves the calling test thread into the node's network namespace, so that the processes it
+    /// starts next (an API-server double) and the sockets it opens share the daemon's loopback.
+    /// Only this thread moves; the thread ends with the test.
+    pub fn enter_netns_on_this_thread(&self) {
+        let ns = self.netns.as_deref().expect("use_netns first");
+        let f = fs::File::open(format!("/run/netns/{}", ns))
+            .unwrap_or_else(|e| panic!("opening network namespace {}: {}", ns, e));
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("entering network namespace {}: {}", ns, e));
+    }
+
+    /// Runs `args` inside the node's network namespace (`ip netns exec`).
+    pub fn netns_exec(&self, args: &[&str]) -> Output {
+        let ns = self.netns.as_deref().expect("use_netns first");
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ip netns exec")
     }
 
     pub fn restart_daemon(&mut self) {
@@ -574,7 +643,39 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9_daemon();
         cleanup(&self.dir, &self.runtime_root, &self.cgroup_root);
+        if let Some(ns) = self.netns.take() {
+            delete_netns(&ns);
+        }
     }
+}
+
+/// `ip netns add NAME`, loopback up with `NODE_ADDR` on it.
+fn make_netns(ns: &str) {
+    for args in [
+        vec!["netns", "add", ns],
+        vec!["-n", ns, "link", "set", "lo", "up"],
+        vec![
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/32", NODE_ADDR),
+            "dev",
+            "lo",
+        ],
+    ] {
+        let out = Command::new("ip").args(&args).output().expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn delete_netns(ns: &str) {
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
 }
 
 // ---- pod status accessors ----
@@ -989,6 +1090,17 @@ fn sweep_stale() {
             if parse(&name).is_some_and(|pid| !pid_alive(pid)) && e.path().is_dir() {
                 remove_cgroup_tree(&e.path());
             }
+        }
+    }
+    // Node network namespaces of dead test processes (tl-<pid>-<n>).
+    for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("tl-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !pid_alive(p)) {
+            delete_netns(&name);
         }
     }
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));

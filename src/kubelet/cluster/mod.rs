@@ -60,6 +60,8 @@ pub struct Settings {
     pub allowed_unsafe_sysctls: Vec<String>,
     /// The pressure conditions of the eviction monitor (set by `kubelet::run`).
     pub pressure: Arc<super::eviction::NodePressure>,
+    /// Told the Node's spec.podCIDRs (the zero-config pod network uses them).
+    pub network: Arc<crate::network::Network>,
 }
 
 /// What pod workers use to reach the cluster side: status updates and events.

@@ -19,6 +19,7 @@ pub fn start(
     node_uid: Arc<NodeUid>,
     events: Recorder,
 ) -> Result<(), String> {
+    register_pod_cidr_lookup(&client, &settings);
     super::spawn("node-status", move || {
         NodeStatusLoop::new(client, settings, node_uid, events).run()
     })
@@ -197,11 +198,20 @@ impl NodeStatusLoop {
     }
 
     fn remember(&mut self, node: &Value) {
+        self.learn_pod_cidrs(node);
         if let Some(uid) = node["metadata"]["uid"].as_str() {
             self.node_uid.set(uid);
         }
         self.sent = Some(node["status"].clone());
         self.sent_at = None; // send the first status update right away
+    }
+
+    /// spec.podCIDRs (else spec.podCIDR), set by the controller manager after registration.
+    fn learn_pod_cidrs(&self, node: &Value) {
+        let cidrs = pod_cidrs(node);
+        if !cidrs.is_empty() {
+            self.settings.network.set_node_pod_cidrs(cidrs);
+        }
     }
 
     /// Computes the status and PATCHes it if it changed or is due anyway.
@@ -217,6 +227,7 @@ impl NodeStatusLoop {
         let body = json!({"status": patch::diff(&old, &status)});
         let path = format!("/api/v1/nodes/{}/status", escape(&self.settings.node_name));
         let node = self.client.patch(&path, PatchKind::Strategic, &body)?;
+        self.learn_pod_cidrs(&node);
         self.sent = Some(node["status"].clone());
         self.sent_at = Some(Instant::now());
         if !self.ready_reported {
@@ -364,6 +375,38 @@ fn condition(
 }
 
 /// The Kubernetes version whose kubelet API tinylet follows, with tinylet's own version.
+fn pod_cidrs(node: &Value) -> Vec<String> {
+    let mut cidrs: Vec<String> = node["spec"]["podCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    if cidrs.is_empty() {
+        cidrs.extend(node["spec"]["podCIDR"].as_str().map(str::to_string));
+    }
+    cidrs
+}
+
+/// Lets the pod network read the Node's podCIDRs when a pod needs them and none is known yet
+/// (the controller manager assigns them after registration): one GET then, never a poll.
+fn register_pod_cidr_lookup(client: &Arc<ApiClient>, settings: &Settings) {
+    let (client, path) = (
+        client.clone(),
+        format!("/api/v1/nodes/{}", escape(&settings.node_name)),
+    );
+    settings
+        .network
+        .set_node_lookup(Box::new(move || match client.get(&path) {
+            Ok(node) => pod_cidrs(&node),
+            Err(e) => {
+                log::debug!("reading the Node for its podCIDR: {}", e);
+                Vec::new()
+            }
+        }));
+}
+
 pub fn kubelet_version() -> String {
     format!("v1.37.0-tinylet.{}", env!("CARGO_PKG_VERSION"))
 }

@@ -23,10 +23,10 @@ impl PodWorker {
     /// Pod fields the downward API exposes to environment variables.
     pub(super) fn field(&self, path: &str) -> Option<String> {
         let host_ip = self.ctx.host_ip.clone().unwrap_or_default();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
+        let pod_ips = if self.pod.spec.host_network {
+            vec![host_ip.clone()]
         } else {
-            String::new()
+            self.pod_ips.clone()
         };
         let from_map = |prefix: &str, map: &std::collections::BTreeMap<String, String>| {
             path.strip_prefix(prefix)
@@ -43,7 +43,9 @@ impl PodWorker {
                 .unwrap_or("default")
                 .to_string(),
             "status.hostIP" | "status.hostIPs" => host_ip,
-            "status.podIP" | "status.podIPs" => pod_ip,
+            "status.podIP" => pod_ips.first().cloned().unwrap_or_default(),
+            // A comma-separated list, as the kubelet gives it.
+            "status.podIPs" => pod_ips.join(","),
             _ => {
                 return from_map("metadata.labels['", &self.pod.meta.labels)
                     .or_else(|| from_map("metadata.annotations['", &self.pod.meta.annotations))
@@ -91,7 +93,7 @@ impl PodWorker {
             .transpose()?
             .or(cpu_limit);
         let hostname = self.uts_hostname()?;
-        let mut binds = self.binds(c)?;
+        let mut binds = self.binds(c, &vars)?;
         binds.extend(self.termination_log_bind(c)?);
         let input = spec::SpecInput {
             container: c,

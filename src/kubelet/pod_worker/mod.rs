@@ -21,11 +21,14 @@ mod container_spec;
 mod env_sources;
 mod init_containers;
 mod lifecycle;
+mod network;
 mod pod_setup;
 mod pod_status;
 mod probes;
 mod terminate;
 mod volumes;
+
+pub use volumes::ObjectCache as VolumeObjects;
 
 pub enum WorkerMsg {
     /// Stop the pod's containers (SIGTERM, grace period, SIGKILL) and remove everything of it.
@@ -83,6 +86,8 @@ pub struct PodWorker {
     probes: Vec<probes::ContainerProbes>,
     /// The thread HTTP and TCP probes dial from, in the pod's network namespace.
     dialer: Option<crate::kubelet::prober::NetnsDialer>,
+    /// The pod's IPs from its CNI ADD (empty: no pod network, or hostNetwork).
+    pod_ips: Vec<String>,
 }
 
 fn now() -> f64 {
@@ -167,6 +172,7 @@ impl PodWorker {
             status_announced: false,
             probes: (0..n).map(|_| Default::default()).collect(),
             dialer: None,
+            pod_ips: Vec::new(),
         }
     }
 
@@ -274,6 +280,7 @@ impl PodWorker {
             }
         }
         self.publish();
+        self.release_network_when_finished();
     }
 
     fn save(&self, i: usize) {
@@ -543,6 +550,11 @@ impl PodWorker {
         if let Err(e) = self.ensure_volumes() {
             self.event(None, "Warning", "FailedMount", e.clone());
             return self.wait_and_retry(i, "ContainerCreating", e);
+        }
+        // The pod's IP exists only once the network is set up: a container whose environment
+        // reads it waits for the sandbox instead of overlapping its bundle with it.
+        if self.env_needs_pod_ip(i) && !self.finish_sandbox() {
+            return;
         }
         let Some(sb) = self
             .sandbox

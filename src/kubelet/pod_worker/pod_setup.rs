@@ -27,6 +27,10 @@ impl PodWorker {
             };
             let pending = sandbox::begin(&self.dir, &self.uts_hostname()?, opts)
                 .map_err(|e| format!("creating pod sandbox: {}", e))?;
+            if !pending.is_new() && !self.pod.spec.host_network {
+                // An adopted sandbox keeps the addresses it was given.
+                self.pod_ips = crate::network::recorded_ips(&self.dir);
+            }
             self.write_etc_files()
                 .map_err(|e| format!("writing /etc files: {}", e))?;
             Ok(pending)
@@ -47,8 +51,19 @@ impl PodWorker {
     /// the failure is recorded for the pod's status and retried later.
     pub(super) fn finish_sandbox(&mut self) -> bool {
         if let Some(pending) = self.pending_sandbox.take() {
+            let new = pending.is_new();
             match pending.wait() {
                 Ok(sb) => {
+                    if let Err(e) = self.attach_network(&sb, new) {
+                        self.event(
+                            None,
+                            "Warning",
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {}", e),
+                        );
+                        self.sandbox_failed(e);
+                        return false;
+                    }
                     if let Some(t0) = self.sandbox_started.take() {
                         log::debug!(
                             "pod {}: sandbox ready in {:?}",
@@ -127,28 +142,44 @@ impl PodWorker {
     pub(super) fn write_etc_files(&self) -> std::io::Result<()> {
         let etc = self.dir.join("etc");
         fsutil::ensure_dir(&etc)?;
-        let mut hosts = if self.pod.spec.host_network {
-            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
-        } else {
-            // Without a pod network the pod's own name resolves to 127.0.1.1, as on Debian.
-            let names = match self.fqdn() {
-                Some(f) => format!("{}\t{}", f, self.hostname()),
-                None => self.hostname(),
-            };
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{}\n",
-                names
-            )
-        };
-        hosts.push_str(&host_aliases(&self.pod.spec.host_aliases));
-        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)?;
+        self.write_hosts()?;
         fsutil::write_volatile(
             &etc.join("hostname"),
             format!("{}\n", self.uts_hostname().map_err(std::io::Error::other)?).as_bytes(),
             0o644,
         )?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        fsutil::write_volatile(&etc.join("resolv.conf"), &resolv, 0o644)
+        let resolv = self.resolv_conf().map_err(std::io::Error::other)?;
+        fsutil::write_volatile(&etc.join("resolv.conf"), resolv.as_bytes(), 0o644)
+    }
+
+    /// /etc/hosts as the kubelet writes it: the host's for hostNetwork pods, else localhost,
+    /// the pod's own names, and hostAliases.
+    pub(super) fn write_hosts(&self) -> std::io::Result<()> {
+        let etc = self.dir.join("etc");
+        let mut hosts = if self.pod.spec.host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            let names = match self.fqdn() {
+                Some(f) => format!("{}\t{}", f, self.hostname()),
+                None => self.hostname(),
+            };
+            // The pod's own name resolves to its IPs, as the kubelet writes it; without a pod
+            // network to 127.0.1.1, as on Debian.
+            let own: String = if self.pod_ips.is_empty() {
+                format!("127.0.1.1\t{}\n", names)
+            } else {
+                self.pod_ips
+                    .iter()
+                    .map(|ip| format!("{}\t{}\n", ip, names))
+                    .collect()
+            };
+            format!(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}",
+                own
+            )
+        };
+        hosts.push_str(&host_aliases(&self.pod.spec.host_aliases));
+        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)
     }
 }
 

@@ -107,11 +107,17 @@ impl PodWorker {
             });
         }
         let host_ip = self.ctx.host_ip.clone();
-        let pod_ip = if self.pod.spec.host_network {
-            host_ip.clone()
+        let mut pod_ips: Vec<String> = if self.pod.spec.host_network {
+            host_ip.iter().cloned().collect()
         } else {
-            None
+            self.pod_ips.clone()
         };
+        // As the kubelet: a finished pod whose network was released keeps the IPs it had.
+        if pod_ips.is_empty() && (phase == "Succeeded" || phase == "Failed") {
+            if let Some(p) = &self.published {
+                pod_ips = p.pod_ips.iter().map(|e| e.ip.clone()).collect();
+            }
+        }
         let st = PodStatus {
             phase: phase.into(),
             conditions,
@@ -132,8 +138,8 @@ impl PodWorker {
                 .map(|ip| IpEntry { ip: ip.clone() })
                 .collect(),
             host_ip,
-            pod_ips: pod_ip.iter().map(|ip| IpEntry { ip: ip.clone() }).collect(),
-            pod_ip,
+            pod_ip: pod_ips.first().cloned(),
+            pod_ips: pod_ips.into_iter().map(|ip| IpEntry { ip }).collect(),
             start_time: self.record.start_time.clone(),
             init_container_statuses: init_statuses,
             container_statuses: statuses,

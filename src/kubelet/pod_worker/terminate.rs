@@ -131,6 +131,7 @@ impl PodWorker {
         for id in ids {
             rt.remove(id)?;
         }
+        self.detach_network()?;
         sandbox::remove(&self.dir).map_err(|e| e.to_string())?;
         let qos = status::qos_class(&self.pod.spec);
         rt.cgroups
@@ -147,6 +148,9 @@ impl PodWorker {
             self.pod.namespace, self.pod.name, self.pod.uid
         ));
         fsutil::remove_dir_all_if_exists(&logs).map_err(|e| e.to_string())?;
+        // tmpfs volumes first: removing the pod directory (and with it pod.json, the record
+        // that brings this clean-up back after a crash) only once nothing is mounted below it.
+        volumes::unmount_all(&self.dir)?;
         fsutil::remove_dir_all_if_exists(&self.dir).map_err(|e| e.to_string())
     }
 }

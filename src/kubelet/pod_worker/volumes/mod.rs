@@ -1,36 +1,97 @@
 //! Pod volumes, made under `<pod dir>/volumes/<name>` and bind-mounted into containers:
-//! - `emptyDir`: a directory that lives as long as the pod;
-//! - `hostPath`: a host path (created for `DirectoryOrCreate`);
+//! - `emptyDir`: a directory that lives as long as the pod; `medium: Memory` is a tmpfs
+//!   (`sizeLimit` as its size). `sizeLimit` on disk is not enforced (the kubelet evicts the pod).
+//! - `hostPath`: a host path, checked (or created) as its `type` says (`host_path.rs`);
 //! - `configMap`, `secret`, `downwardAPI` and `projected` (which combines them with
-//!   `serviceAccountToken`): files written from the API server's objects, as the kubelet's
-//!   AtomicWriter does, each file replaced atomically. This is what the `kube-api-access-*` volume
-//!   every API pod gets needs: a token from the TokenRequest API (refreshed at 80 % of its
+//!   `serviceAccountToken`): files written with the kubelet's AtomicWriter layout
+//!   (`atomic_writer.rs`), mounted read-only, with `defaultMode`, items' `mode` and the pod's
+//!   `fsGroup`. Secret, projected and downwardAPI volumes are on a tmpfs, as the kubelet keeps
+//!   them. In cluster mode the sources are read again every minute (the kubelet's sync period)
+//!   and a changed payload is swapped in through `..data`. This is what the `kube-api-access-*`
+//!   volume every API pod gets needs: a token from the TokenRequest API (refreshed at 80 % of its
 //!   lifetime), the `kube-root-ca.crt` configMap and the namespace.
+//!
+//! Offline autonomy: a volume made once has a `.<name>.complete` marker, and the pod runs from
+//! the last copy when the API server is out of reach. For tmpfs volumes that copy is also kept
+//! on disk (`.<name>.payload`, mode 0600, in the root-only volumes directory), since a reboot
+//! empties the tmpfs: the trade-off the kubelet does not make (it never writes secrets to disk)
+//! so that a device rebooted without uplink can start its pods again.
 //!
 //! Sources that need the API server are unavailable in standalone mode: such a pod waits in
 //! ContainerCreating with the reason in its status, as the kubelet's FailedMount does.
 
+mod atomic_writer;
+mod host_path;
+mod memory;
+mod object_cache;
+mod tmpfs;
+
+pub use object_cache::ObjectCache;
+
 use super::*;
 use crate::base64::base64_decode;
 use crate::kube::client::{escape, ApiClient};
+use atomic_writer::File;
 use serde_json::{json, Value};
 use std::path::Path;
 
 /// The kubelet refreshes a projected token once 80 % of its lifetime has passed.
 const TOKEN_REFRESH_FRACTION: f64 = 0.8;
 
+/// How often the sources of configMap, secret and projected volumes are read again in cluster
+/// mode: the kubelet's pod sync period (`--sync-frequency`, 1 minute) ...
+const VOLUME_RESYNC_SECS: f64 = 60.0;
+/// ... plus up to this fraction of it at random, so that pods do not all ask at once.
+const VOLUME_RESYNC_JITTER: f64 = 0.1;
+
 /// Volumes of a pod, once made.
 #[derive(Default)]
 pub(super) struct PodVolumes {
     /// volume name -> host path.
     pub paths: std::collections::BTreeMap<String, PathBuf>,
-    /// When a service-account token must be requested again (unix seconds).
+    /// When the volumes must be made again: a token to renew, sources to read again (unix s).
     pub refresh_at: Option<f64>,
+    /// Service-account tokens ("<volume>/<path>" -> token, refresh time), kept until due.
+    tokens: std::collections::BTreeMap<String, (String, f64)>,
+}
+
+/// Volume kinds whose files come from objects (the AtomicWriter ones); mounted read-only.
+fn is_projection(src: &std::collections::BTreeMap<String, Value>) -> bool {
+    ["configMap", "secret", "downwardAPI", "projected"]
+        .iter()
+        .any(|k| src.contains_key(*k))
+}
+
+/// Projection kinds the kubelet keeps on tmpfs.
+fn in_memory(src: &std::collections::BTreeMap<String, Value>) -> bool {
+    ["secret", "downwardAPI", "projected"]
+        .iter()
+        .any(|k| src.contains_key(*k))
+}
+
+/// Volume kinds read from the API server (and so read again periodically).
+fn from_api(src: &std::collections::BTreeMap<String, Value>) -> bool {
+    ["configMap", "secret", "projected"]
+        .iter()
+        .any(|k| src.contains_key(*k))
+}
+
+/// Unmounts every volume mount of the pod (tmpfs emptyDirs and projections) from what the
+/// kernel shows, so a restarted agent removes what an earlier run mounted.
+pub(super) fn unmount_all(pod_dir: &Path) -> Result<(), String> {
+    tmpfs::unmount_all(&pod_dir.join("volumes")).map_err(|e| e.to_string())
 }
 
 impl PodWorker {
     fn volumes_dir(&self) -> PathBuf {
         self.dir.join("volumes")
+    }
+
+    /// `spec.securityContext.fsGroup`, read from the object so no typed field is needed.
+    fn fs_group(&self) -> Option<u32> {
+        self.pod.object["spec"]["securityContext"]["fsGroup"]
+            .as_u64()
+            .and_then(|g| u32::try_from(g).ok())
     }
 
     /// Makes (or refreshes) every volume; an error names the volume and what is wrong.
@@ -42,7 +103,14 @@ impl PodWorker {
         if !due {
             return Ok(());
         }
-        let mut made = PodVolumes::default();
+        let mut made = PodVolumes {
+            tokens: self
+                .volumes
+                .as_ref()
+                .map(|v| v.tokens.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
         if !self.pod.spec.volumes.is_empty() {
             // Volumes hold secrets and tokens: the directory is root's alone (containers reach
             // their volumes through bind mounts, not through this path).
@@ -51,9 +119,11 @@ impl PodWorker {
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(|e| format!("{}: {}", dir.display(), e))?;
         }
+        let mut resync = false;
         for vol in self.pod.spec.volumes.clone() {
             let marker = self.volumes_dir().join(format!(".{}.complete", vol.name));
-            let path = match self.make_volume(&vol, &mut made.refresh_at) {
+            resync |= from_api(&vol.source);
+            let path = match self.make_volume(&vol, &mut made) {
                 Ok(path) => {
                     if !marker.exists() {
                         let _ = fsutil::write_volatile(&marker, b"", 0o600);
@@ -71,7 +141,9 @@ impl PodWorker {
                     );
                     let retry = now() + 10.0;
                     made.refresh_at = Some(made.refresh_at.map_or(retry, |r| r.min(retry)));
-                    self.volumes_dir().join(relative_path(&vol.name)?)
+                    self.restore(&vol).map_err(|e| {
+                        format!("MountVolume.SetUp failed for volume {:?}: {}", vol.name, e)
+                    })?
                 }
                 Err(e) => {
                     return Err(format!(
@@ -82,26 +154,51 @@ impl PodWorker {
             };
             made.paths.insert(vol.name.clone(), path);
         }
+        if resync && self.ctx.cluster.get().is_some() {
+            let jitter = fsutil::random_hex(2)
+                .ok()
+                .and_then(|h| u16::from_str_radix(&h, 16).ok())
+                .map_or(0.0, |r| f64::from(r) / f64::from(u16::MAX));
+            let at = now() + VOLUME_RESYNC_SECS * (1.0 + VOLUME_RESYNC_JITTER * jitter);
+            made.refresh_at = Some(made.refresh_at.map_or(at, |r| r.min(at)));
+        }
         self.volumes = Some(made);
         Ok(())
     }
 
-    /// The bind mounts of container `c`: (container path, host path, read-only).
-    pub(super) fn binds(&self, c: &Container) -> Result<Vec<(String, PathBuf, bool)>, String> {
+    /// The bind mounts of container `c`: (container path, host path, read-only). `vars` are the
+    /// container's environment, for `subPathExpr`.
+    pub(super) fn binds(
+        &self,
+        c: &Container,
+        vars: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<(String, PathBuf, bool)>, String> {
         let Some(vols) = &self.volumes else {
             return Ok(Vec::new());
         };
+        let c_json = self.pod.object["spec"]["containers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == c.name.as_str()))
+            .cloned()
+            .unwrap_or_default();
         let mut out = Vec::new();
-        for m in &c.volume_mounts {
+        for (j, m) in c.volume_mounts.iter().enumerate() {
             let host = vols.paths.get(&m.name).ok_or_else(|| {
                 format!(
                     "volumeMounts {:?}: no volume of that name in the pod",
                     m.name
                 )
             })?;
-            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            let expr = c_json["volumeMounts"][j]["subPathExpr"]
+                .as_str()
+                .filter(|s| !s.is_empty());
+            let sub = match expr {
+                Some(e) => Some(crate::kubelet::env::expand(e, vars)),
+                None => m.sub_path.clone().filter(|s| !s.is_empty()),
+            };
+            let host = match sub {
                 Some(sub) => {
-                    let p = host.join(relative_path(sub)?);
+                    let p = host.join(relative_path(&sub)?);
                     if !p.exists() {
                         std::fs::create_dir_all(&p)
                             .map_err(|e| format!("subPath {}: {}", p.display(), e))?;
@@ -116,53 +213,87 @@ impl PodWorker {
                     m.name, m.mount_path
                 ));
             }
-            out.push((m.mount_path.clone(), host, m.read_only));
+            // The kubelet mounts the projections read-only, whatever the mount says.
+            let projection = self
+                .pod
+                .spec
+                .volumes
+                .iter()
+                .any(|v| v.name == m.name && is_projection(&v.source));
+            out.push((m.mount_path.clone(), host, m.read_only || projection));
         }
         Ok(out)
     }
 
-    fn make_volume(&self, vol: &Volume, refresh_at: &mut Option<f64>) -> Result<PathBuf, String> {
+    fn make_volume(&self, vol: &Volume, made: &mut PodVolumes) -> Result<PathBuf, String> {
         let dir = self.volumes_dir().join(relative_path(&vol.name)?);
         let src = &vol.source;
         if let Some(host) = src.get("hostPath") {
             let path = host["path"]
                 .as_str()
                 .ok_or("hostPath.path: Required value")?;
-            let kind = host["type"].as_str().unwrap_or("");
-            let p = PathBuf::from(path);
-            match kind {
-                "DirectoryOrCreate" => {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("{}: {}", path, e))?
-                }
-                "Directory" if !p.is_dir() => {
-                    return Err(format!(
-                        "hostPath type check failed: {} is not a directory",
-                        path
-                    ))
-                }
-                "File" if !p.is_file() => {
-                    return Err(format!(
-                        "hostPath type check failed: {} is not a file",
-                        path
-                    ))
-                }
-                _ => {}
-            }
-            return Ok(p);
+            host_path::check(path, host["type"].as_str().unwrap_or(""))?;
+            return Ok(PathBuf::from(path));
         }
+        let fresh = !dir.exists();
         fsutil::ensure_dir(&dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
-        if src.contains_key("emptyDir") {
+        if let Some(e) = src.get("emptyDir") {
+            if e["medium"].as_str() == Some("Memory") {
+                let size = e
+                    .get("sizeLimit")
+                    .and_then(crate::kube::quantity::value_to_string)
+                    .map(|s| crate::kube::quantity::parse_units(&s))
+                    .transpose()
+                    .map_err(|err| format!("emptyDir.sizeLimit: {}", err))?;
+                let mounted = crate::runtime::sandbox::is_mountpoint(&dir);
+                tmpfs::ensure(&dir, size).map_err(|e| e.to_string())?;
+                if !mounted {
+                    self.empty_dir_perms(&dir)?;
+                }
+            } else if fresh {
+                self.empty_dir_perms(&dir)?;
+            }
             return Ok(dir);
         }
+        let files = self.payload(vol, made)?;
+        if in_memory(src) {
+            self.mount_memory(&dir)?;
+        }
+        atomic_writer::write(&dir, &files, self.fs_group()).map_err(|e| e.to_string())?;
+        if in_memory(src) && from_api(src) {
+            self.save_payload(vol, &files)?;
+        }
+        Ok(dir)
+    }
+
+    /// emptyDir: world-writable (0777), and with an fsGroup group-owned with setgid, as the
+    /// kubelet's SetVolumeOwnership leaves it.
+    fn empty_dir_perms(&self, dir: &Path) -> Result<(), String> {
+        let mut mode = 0o777;
+        if let Some(gid) = self.fs_group() {
+            atomic_writer::chown_group(dir, gid).map_err(|e| e.to_string())?;
+            mode |= 0o2000;
+        }
+        atomic_writer::set_mode(dir, mode).map_err(|e| e.to_string())
+    }
+
+    /// The files of a projection volume, read from its sources.
+    fn payload(&self, vol: &Volume, made: &mut PodVolumes) -> Result<Vec<File>, String> {
+        let src = &vol.source;
         let default_mode = |v: &Value| v["defaultMode"].as_u64().unwrap_or(0o644) as u32;
         let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
         if let Some(p) = src.get("projected") {
             let mode = default_mode(p);
             for source in p["sources"].as_array().into_iter().flatten() {
                 if let Some(t) = source.get("serviceAccountToken") {
-                    let (token, refresh) = self.service_account_token(t)?;
-                    *refresh_at = Some(refresh_at.map_or(refresh, |r: f64| r.min(refresh)));
                     let path = t["path"].as_str().unwrap_or("token");
+                    let key = format!("{}/{}", vol.name, path);
+                    let (token, refresh) = match made.tokens.get(&key) {
+                        Some((tok, at)) if now() < *at => (tok.clone(), *at),
+                        _ => self.service_account_token(t)?,
+                    };
+                    made.tokens.insert(key, (token.clone(), refresh));
+                    made.refresh_at = Some(made.refresh_at.map_or(refresh, |r| r.min(refresh)));
                     files.push((path.to_string(), token.into_bytes(), mode));
                 } else if let Some(c) = source.get("configMap") {
                     files.extend(self.object_files("configmaps", c, mode)?);
@@ -187,15 +318,12 @@ impl PodWorker {
                 kinds
             ));
         }
+        let mut out = Vec::with_capacity(files.len());
         for (path, data, mode) in files {
-            let target = dir.join(relative_path(&path)?);
-            if let Some(parent) = target.parent() {
-                fsutil::ensure_dir(parent).map_err(|e| format!("{}: {}", parent.display(), e))?;
-            }
-            fsutil::write_volatile(&target, &data, mode & 0o777)
-                .map_err(|e| format!("writing {}: {}", target.display(), e))?;
+            relative_path(&path)?;
+            out.push(File { path, data, mode });
         }
-        Ok(dir)
+        Ok(out)
     }
 
     fn api(&self, what: &str) -> Result<&ApiClient, String> {
@@ -267,7 +395,7 @@ impl PodWorker {
             kind,
             escape(name)
         );
-        let obj = match api.get(&path) {
+        let obj = match self.ctx.volume_objects.get(api, &path) {
             Ok(o) => o,
             Err(e) if e.is_not_found() && optional => return Ok(Vec::new()),
             Err(e) => return Err(format!("{} {:?}: {}", kind.trim_end_matches('s'), name, e)),
