@@ -14,6 +14,7 @@ mod network;
 mod proxy;
 mod runtime;
 mod server;
+mod stats;
 mod tls;
 
 fn main() {

@@ -48,6 +48,7 @@ pub fn mode(
         )?;
     }
     let settings = Settings {
+        pressure: Default::default(),
         node_name: config.node_name.clone(),
         node_ip: config.node_ip.clone(),
         root_dir: config.root_dir.clone(),

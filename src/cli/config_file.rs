@@ -23,6 +23,8 @@ enum Kind {
     List,
     /// An integer that may be negative (-1: unlimited).
     SignedInt,
+    /// `{signal: quantity}` -> `signal<quantity,...` (evictionHard).
+    Thresholds,
 }
 
 /// KubeletConfiguration field -> (flag, kind).
@@ -80,12 +82,17 @@ const FIELDS: &[(&str, &str, Kind)] = &[
     ("clusterDNS", "cluster-dns", Kind::List),
     ("resolvConf", "resolv-conf", Kind::Str),
     ("podCIDR", "pod-cidr", Kind::Str),
+    ("evictionHard", "eviction-hard", Kind::Thresholds),
+    (
+        "evictionPressureTransitionPeriod",
+        "eviction-pressure-transition-period",
+        Kind::Duration,
+    ),
 ];
 
 /// Fields tinylet reads but does not act on yet (the features come with later issues).
 const NOT_YET: &[&str] = &[
     "address",
-    "evictionHard",
     "authentication",
     "authorization",
     "readOnlyPort",
@@ -185,6 +192,24 @@ fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
             let items: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
             Ok(items.ok_or_else(|| wrong("a list of strings"))?.join(","))
         }
+        Kind::Thresholds => {
+            let map = v
+                .as_object()
+                .ok_or_else(|| wrong("a map of signal to quantity"))?;
+            let mut out = Vec::new();
+            for (signal, q) in map {
+                let q = q.as_str().ok_or_else(|| {
+                    format!(
+                        "{}.{}: Invalid value: {}: must be a string",
+                        field, signal, q
+                    )
+                })?;
+                crate::kubelet::eviction::thresholds::parse_one(signal, q)
+                    .map_err(|e| format!("{}.{}: {}", field, signal, e))?;
+                out.push(format!("{}<{}", signal, q));
+            }
+            Ok(out.join(","))
+        }
         Kind::SignedInt => v
             .as_i64()
             .map(|n| n.to_string())
@@ -274,6 +299,31 @@ mod tests {
         assert!(apply(&p, &mut args(&[]))
             .unwrap_err()
             .contains("allowedUnsafeSysctls: Invalid value"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn eviction_fields() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             evictionHard:\n  memory.available: 200Mi\n  nodefs.available: '5%'\n\
+             evictionPressureTransitionPeriod: 30s\n",
+        );
+        let mut a = args(&[]);
+        assert!(apply(&p, &mut a).unwrap().is_empty());
+        let hard = a.get("eviction-hard").unwrap();
+        let mut items: Vec<&str> = hard.split(',').collect();
+        items.sort();
+        assert_eq!(items, ["memory.available<200Mi", "nodefs.available<5%"]);
+        assert_eq!(a.get("eviction-pressure-transition-period"), Some("30s"));
+        std::fs::remove_file(p).unwrap();
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             evictionHard: {cpu.available: 1}\n",
+        );
+        assert!(apply(&p, &mut args(&[]))
+            .unwrap_err()
+            .contains("evictionHard.cpu.available"));
         std::fs::remove_file(p).unwrap();
     }
 

@@ -7,6 +7,7 @@ mod image;
 pub mod logs;
 mod proxy;
 pub mod ps;
+mod stats;
 
 use crate::config::{self, Config};
 use crate::image::ImageStore;
@@ -32,11 +33,12 @@ usage:
               [--cni-conf-dir DIR] [--cni-bin-dir DIR,...] [--pod-cidr CIDR[,CIDR]]
               [--container-log-max-size 10Mi] [--container-log-max-files 5]
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
-              [--pod-max-pids N]
+              [--pod-max-pids N] [--eviction-hard SIGNAL<QUANTITY|PCT%,...] [--eviction-pressure-transition-period 5m]
               [--proxy-mode userspace|none]
   tinylet proxy --kubeconfig FILE [--node-name NAME] [--log-level LEVEL]   the service proxy alone
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
+  tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR] [--cgroup-root PATH]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
               [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]
@@ -88,6 +90,9 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "seccomp-profile-root",
     "allowed-unsafe-sysctls",
     "pod-max-pids",
+    "eviction-hard",
+    "eviction-pressure-transition-period",
+    "eviction-monitoring-period",
     "cni-conf-dir",
     "cni-bin-dir",
     "pod-cidr",
@@ -189,6 +194,7 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
             };
             logs::run(&req, &mut std::io::stdout().lock())
         }
+        "stats" => stats::main(&Args::parse(rest, stats::FLAGS, &[])?),
         "image" => image::main(rest),
         "proxy" => proxy::main(rest),
         "validate" => validate(rest),
@@ -380,7 +386,7 @@ fn run(rest: &[String]) -> Result<(), String> {
         runtime: Runtime {
             runc,
             root_dir: config.root_dir.clone(),
-            cgroups,
+            cgroups: cgroups.clone(),
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
             log_rotation: log_rotation(&a)?,
@@ -400,6 +406,17 @@ fn run(rest: &[String]) -> Result<(), String> {
         cluster: Default::default(),
         cluster_domain: cluster_domain(&a)?,
         security: security_settings(&a, &config)?,
+        stats: std::sync::Arc::new(crate::stats::Stats::new(crate::stats::Config {
+            node_name: config.node_name.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_log_dir: config.pod_log_dir.clone(),
+            cgroups: cgroups.clone(),
+            cgroup_root: Some(config.cgroup_root.clone()),
+            fs_ttl: std::time::Duration::from_secs(30),
+        })),
+        pressure: std::sync::Arc::new(kubelet::eviction::NodePressure::new(eviction_settings(
+            &a, &config,
+        )?)),
         volume_objects: Default::default(),
         network: network.clone(),
     };
@@ -574,6 +591,34 @@ fn image_gc_flags(a: &Args, config: &mut Config) -> Result<(), String> {
             .map_err(|e| format!("--minimum-image-ttl-duration: {}", e))?;
     }
     Ok(())
+}
+
+/// `--eviction-hard` (the kubelet's defaults when absent; an empty value turns eviction off;
+/// a given set replaces the defaults whole), `--eviction-pressure-transition-period` (5m) and
+/// `--eviction-monitoring-period` (10 s, the kubelet's housekeeping; a flag for tests).
+fn eviction_settings(a: &Args, config: &Config) -> Result<kubelet::eviction::Settings, String> {
+    let mut s = kubelet::eviction::Settings {
+        image_min_age: config.image_minimum_gc_age,
+        ..Default::default()
+    };
+    if let Some(v) = a.get("eviction-hard") {
+        s.thresholds = kubelet::eviction::thresholds::parse(v)?;
+    }
+    let duration = |flag: &str| -> Result<Option<std::time::Duration>, String> {
+        a.get(flag)
+            .map(|v| config::parse_duration(v).map_err(|e| format!("--{}: {}", flag, e)))
+            .transpose()
+    };
+    if let Some(d) = duration("eviction-pressure-transition-period")? {
+        s.transition = d;
+    }
+    if let Some(d) = duration("eviction-monitoring-period")? {
+        if d.is_zero() {
+            return Err("--eviction-monitoring-period: must be a positive duration".into());
+        }
+        s.period = d;
+    }
+    Ok(s)
 }
 
 /// One agent per root dir: an exclusive flock held for the daemon's life.

@@ -214,6 +214,7 @@ mod tests {
             source: PathBuf::from("/m.yaml"),
             start_time: None,
             initialized: false,
+            evicted: None,
         };
         store::save_pod(&dir, &rec).unwrap();
         dir

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod cluster;
 pub mod env;
+pub mod eviction;
 pub mod image_gc;
 pub mod image_puller;
 pub mod manifest;
@@ -44,6 +45,10 @@ pub struct Context {
     pub cluster_domain: String,
     /// Seccomp, sysctl and pids settings (kubelet flags).
     pub security: security::Settings,
+    /// Usage of the node, pods and containers (the stats endpoints, eviction).
+    pub stats: Arc<crate::stats::Stats>,
+    /// The pressure conditions the eviction monitor sets and the node status reports.
+    pub pressure: Arc<eviction::NodePressure>,
     /// configMaps and secrets read for volumes, shared by the pod workers for a short while.
     pub volume_objects: pod_worker::VolumeObjects,
     /// The pod network (CNI) and the pods' DNS settings.
@@ -60,6 +65,11 @@ pub enum Source {
 pub enum Event {
     Desired(Source, DesiredSet),
     Terminated(String),
+    /// The eviction monitor chose this pod: stop it and report it Failed, reason Evicted.
+    Evict {
+        uid: String,
+        message: String,
+    },
 }
 
 struct WorkerHandle {
@@ -92,7 +102,16 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
         },
     )?;
     let (tx, rx) = channel::<Event>();
-    if let Some(cm) = cluster_mode {
+    ctx.stats.start_sampler(crate::stats::SAMPLE_PERIOD)?;
+    eviction::start(
+        ctx.clone(),
+        ctx.stats.clone(),
+        ctx.pressure.clone(),
+        tx.clone(),
+        config.root_dir.clone(),
+    )?;
+    if let Some(mut cm) = cluster_mode {
+        cm.settings.pressure = ctx.pressure.clone();
         let link = cluster::start(cm.client, cm.settings, tx.clone())?;
         let _ = ctx.cluster.set(link);
     }
@@ -207,6 +226,12 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
                 sets.insert(source, set);
                 apply_desired(&ctx, &sets, &config, &tx, &mut workers, &mut queued)?
             }
+            Event::Evict { uid, message } => match workers.get(&uid) {
+                Some(h) if !h.terminating => {
+                    let _ = h.tx.send(WorkerMsg::Evict { message });
+                }
+                _ => log::debug!("eviction of pod {}: it is already going", uid),
+            },
             Event::Terminated(uid) => {
                 if let Some(link) = ctx.cluster.get() {
                     if workers.get(&uid).is_some_and(|h| h.from_api) {

@@ -27,6 +27,10 @@ pub struct PodRecord {
     /// run from then on, whatever the sidecars do later.
     #[serde(default)]
     pub initialized: bool,
+    /// The eviction message when the node evicted the pod (it then stays Failed, reason
+    /// Evicted, across agent restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<String>,
 }
 
 /// One running (or most recent) container of a pod container slot.

@@ -196,6 +196,9 @@ impl Node {
             // writes one here (and runs the node in a namespace of its own, `use_netns`).
             "--cni-conf-dir".into(),
             p(&self.dir.join("net.d")),
+            // No node-pressure eviction: the kubelet's default thresholds depend on how full
+            // the test machine's disk is. tests/stats.rs sets its own (the last value wins).
+            "--eviction-hard=".into(),
         ]
         .into_iter()
         .chain(self.extra_run_args.iter().cloned())

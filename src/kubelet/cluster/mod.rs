@@ -58,6 +58,8 @@ pub struct Settings {
     pub offline_max_age: Option<Duration>,
     /// `--allowed-unsafe-sysctls`, for the sysctl admission of API pods.
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// The pressure conditions of the eviction monitor (set by `kubelet::run`).
+    pub pressure: Arc<super::eviction::NodePressure>,
     /// Told the Node's spec.podCIDRs (the zero-config pod network uses them).
     pub network: Arc<crate::network::Network>,
 }

@@ -94,8 +94,7 @@ pub fn disk(dir: &Path) -> Option<(u64, u64)> {
     ))
 }
 
-/// Pressure as the kubelet's eviction manager judges it with its default hard thresholds
-/// (memory.available < 100Mi, nodefs.available < 10%, and few free PIDs).
+/// The pressure conditions of the Node (set by `kubelet::eviction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pressure {
     pub memory: bool,
@@ -105,30 +104,6 @@ pub struct Pressure {
 
 pub const EVICTION_MEMORY_BYTES: u64 = 100 << 20;
 pub const EVICTION_NODEFS_PERCENT: u64 = 10;
-
-pub fn pressure(root_dir: &Path) -> Pressure {
-    let memory = meminfo_kib("MemAvailable").is_some_and(|kib| kib * 1024 < EVICTION_MEMORY_BYTES);
-    let disk = disk(root_dir)
-        .is_some_and(|(size, avail)| size > 0 && avail * 100 < size * EVICTION_NODEFS_PERCENT);
-    let pid_max: u64 = read_trimmed("/proc/sys/kernel/pid_max")
-        .parse()
-        .unwrap_or(0);
-    let running = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .count() as u64
-        })
-        .unwrap_or(0);
-    // pid.available < 10% of pid_max (threads are not counted: a coarse but cheap reading).
-    let pid = pid_max > 0 && (pid_max.saturating_sub(running)) * 10 < pid_max;
-    Pressure { memory, disk, pid }
-}
 
 #[cfg(test)]
 mod tests {

@@ -102,6 +102,16 @@ impl NodeStatusLoop {
         }
     }
 
+    /// The conditions the eviction monitor set from the hard thresholds.
+    fn pressure(&self) -> Pressure {
+        let p = self.settings.pressure.get();
+        Pressure {
+            memory: p.memory,
+            disk: p.disk,
+            pid: p.pid,
+        }
+    }
+
     fn node_ref(&self) -> ObjectRef {
         // The kubelet's node events name the node by its name as UID too.
         ObjectRef {
@@ -139,7 +149,7 @@ impl NodeStatusLoop {
 
     fn register(&mut self) -> Result<(), crate::kube::client::ApiError> {
         let name = &self.settings.node_name;
-        let status = self.status(node_facts::pressure(&self.settings.root_dir));
+        let status = self.status(self.pressure());
         let mut node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -206,7 +216,7 @@ impl NodeStatusLoop {
 
     /// Computes the status and PATCHes it if it changed or is due anyway.
     fn update(&mut self) -> Result<(), crate::kube::client::ApiError> {
-        let status = self.status(node_facts::pressure(&self.settings.root_dir));
+        let status = self.status(self.pressure());
         let old = self.sent.clone().unwrap_or_else(|| json!({}));
         let due = self
             .sent_at
@@ -249,10 +259,16 @@ impl NodeStatusLoop {
             "cpu": f.cpus.to_string(),
             "memory": format!(
                 "{}Ki",
-                f.memory_bytes.saturating_sub(node_facts::EVICTION_MEMORY_BYTES) / 1024
+                f.memory_bytes.saturating_sub(self.settings.pressure.reserved(
+                    crate::kubelet::eviction::thresholds::Signal::MemoryAvailable,
+                    f.memory_bytes
+                )) / 1024
             ),
             "pods": self.settings.max_pods.to_string(),
-            "ephemeral-storage": (disk_size / 100 * (100 - node_facts::EVICTION_NODEFS_PERCENT)).to_string(),
+            "ephemeral-storage": disk_size.saturating_sub(self.settings.pressure.reserved(
+                crate::kubelet::eviction::thresholds::Signal::NodefsAvailable,
+                disk_size
+            )).to_string(),
             "hugepages-2Mi": "0",
         });
         let mut addresses = Vec::new();

@@ -31,7 +31,7 @@ impl PodWorker {
 
     /// Whether slot `i` is started again after exiting with `exit_code`.
     pub(super) fn restarts_after(&self, i: usize, exit_code: i32) -> bool {
-        if self.deadline_exceeded() {
+        if self.stopped_for_good() {
             return false;
         }
         let policy = self.pod.spec.restart_policy.as_deref().unwrap_or("Always");
@@ -68,7 +68,7 @@ impl PodWorker {
     pub(super) fn app_containers_done(&self) -> bool {
         let apps = &self.containers[self.n_init..];
         self.init_failed()
-            || self.deadline_exceeded()
+            || self.stopped_for_good()
             || (!apps.is_empty() && apps.iter().all(|r| r.final_state.is_some()))
     }
 
@@ -172,6 +172,10 @@ impl PodWorker {
 
     /// The pod's grace period in seconds (at least the kubelet's minimum).
     pub(super) fn grace_secs(&self) -> f64 {
+        // A hard eviction gives no grace period; the runtime's minimum still applies.
+        if self.record.evicted.is_some() {
+            return MIN_GRACE_SECS as f64;
+        }
         self.pod
             .spec
             .termination_grace_period_seconds
@@ -213,10 +217,10 @@ impl PodWorker {
     /// Past the deadline every container is stopped and none restarts; the pod is Failed with
     /// reason DeadlineExceeded. Returns whether the deadline has passed.
     pub(super) fn enforce_deadline(&mut self) -> bool {
-        if !self.deadline_exceeded() {
+        if !self.stopped_for_good() {
             return false;
         }
-        if self.deadline_kill_at.is_none() {
+        if self.deadline_kill_at.is_none() && self.record.evicted.is_none() {
             log::info!(
                 "pod {}: active deadline of {}s exceeded; stopping it",
                 self.pod.full_name(),
@@ -235,6 +239,23 @@ impl PodWorker {
         // Nothing was running: the deadline still counts as handled.
         self.deadline_kill_at = kill_at.or(Some(now()));
         true
+    }
+
+    /// Past the active deadline, or evicted: no container runs again.
+    pub(super) fn stopped_for_good(&self) -> bool {
+        self.record.evicted.is_some() || self.deadline_exceeded()
+    }
+
+    /// The node evicted this pod (`WorkerMsg::Evict`): remembered in the pod record, so the
+    /// pod stays Failed across agent restarts; the next sync stops its containers.
+    pub(super) fn evict(&mut self, message: String) {
+        if self.record.evicted.is_some() {
+            return;
+        }
+        log::warn!("pod {}: evicted: {}", self.pod.full_name(), message);
+        self.event(None, "Warning", "Evicted", message.clone());
+        self.record.evicted = Some(message);
+        self.record_dirty = true;
     }
 
     /// The CRI log file of attempt `restart` of container `name`.

@@ -36,6 +36,10 @@ pub enum WorkerMsg {
     Terminate { grace: Option<i64> },
     /// A container's monitor wrote a record: look at the containers again.
     Wake,
+    /// The node evicted the pod (node pressure): stop its containers for good and report it
+    /// Failed with reason Evicted and this message. The pod itself stays until its source
+    /// removes it.
+    Evict { message: String },
 }
 
 /// How long a worker sleeps between checks when nothing wakes it: only a monitor that died
@@ -110,6 +114,7 @@ impl PodWorker {
                 source: pod.source.clone(),
                 start_time: None,
                 initialized: false,
+                evicted: None,
             },
             Err(e) => {
                 log::error!("pod {}: {}; starting it afresh", pod.full_name(), e);
@@ -119,6 +124,7 @@ impl PodWorker {
                     source: pod.source.clone(),
                     start_time: None,
                     initialized: false,
+                    evicted: None,
                 }
             }
         };
@@ -219,6 +225,7 @@ impl PodWorker {
                     let _ = done.send(Event::Terminated(self.pod.uid.clone()));
                     return;
                 }
+                Ok(WorkerMsg::Evict { message }) => self.evict(message),
                 Ok(WorkerMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 // The agent is shutting down: pods keep running and are adopted on restart.
                 Err(RecvTimeoutError::Disconnected) => return,

@@ -66,7 +66,8 @@ impl PodWorker {
         let init_statuses: Vec<ContainerStatus> = statuses.drain(..self.n_init).collect();
         let init = self.init_progress();
         let deadline = self.deadline_exceeded();
-        let phase = if deadline || self.init_failed() {
+        let evicted = self.record.evicted.clone();
+        let phase = if deadline || evicted.is_some() || self.init_failed() {
             "Failed"
         } else if !self.record.initialized {
             "Pending"
@@ -80,7 +81,7 @@ impl PodWorker {
             .as_ref()
             .map(|p| p.conditions.clone())
             .unwrap_or_default();
-        let conditions = status::conditions(
+        let mut conditions = status::conditions(
             &self.pod.spec,
             &all,
             &init,
@@ -89,6 +90,22 @@ impl PodWorker {
             &previous,
             &ts(now()),
         );
+        if let Some(m) = &evicted {
+            // The kubelet marks the pods it evicts as disrupted by it.
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == "DisruptionTarget")
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| ts(now()));
+            conditions.push(PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                last_probe_time: None,
+                last_transition_time: since,
+                reason: Some("TerminationByKubelet".into()),
+                message: Some(m.clone()),
+            });
+        }
         let host_ip = self.ctx.host_ip.clone();
         let mut pod_ips: Vec<String> = if self.pod.spec.host_network {
             host_ip.iter().cloned().collect()
@@ -104,12 +121,18 @@ impl PodWorker {
         let st = PodStatus {
             phase: phase.into(),
             conditions,
-            message: if deadline {
+            message: if let Some(m) = &evicted {
+                Some(m.clone())
+            } else if deadline {
                 Some("Pod was active on the node longer than the specified deadline".into())
             } else {
                 self.sandbox_error.clone()
             },
-            reason: deadline.then(|| "DeadlineExceeded".into()),
+            reason: if evicted.is_some() {
+                Some("Evicted".into())
+            } else {
+                deadline.then(|| "DeadlineExceeded".into())
+            },
             host_ips: host_ip
                 .iter()
                 .map(|ip| IpEntry { ip: ip.clone() })
