@@ -31,7 +31,8 @@ usage:
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
               [--pod-max-pids N]
   tinylet ps [-o table|json] [--root-dir DIR]
-  tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
+  tinylet logs [-f] [-p] [-n NAMESPACE] [--tail N] [--since 5m|--since-time RFC3339] [--timestamps]
+              [--limit-bytes N] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
               [--docker-config PATH] [--platform OS/ARCH[/VARIANT]] [--creds USER:PASS]
@@ -152,15 +153,19 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
                     "namespace",
                     "c",
                     "container",
+                    "tail",
+                    "since",
+                    "since-time",
+                    "limit-bytes",
                 ],
-                &["f", "follow", "p", "previous"],
+                &["f", "follow", "p", "previous", "timestamps"],
             )?;
             let root = root_dir(&a);
             let log_dir = PathBuf::from(a.get("pod-log-dir").unwrap_or("/var/log/pods"));
             let pod = a
                 .positional
                 .first()
-                .ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] POD [CONTAINER]")?;
+                .ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] [--tail N] [--since 5m] [--timestamps] [--limit-bytes N] POD [CONTAINER]")?;
             let container = a
                 .positional
                 .get(1)
@@ -173,8 +178,8 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
                 namespace: a.get("n").or(a.get("namespace")),
                 pod,
                 container,
-                follow: a.flag("f") || a.flag("follow"),
-                previous: a.flag("p") || a.flag("previous"),
+                exact: false,
+                options: logs_cli_options(&a)?,
             };
             logs::run(&req, &mut std::io::stdout().lock())
         }
@@ -195,6 +200,44 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
         }
         other => Err(format!("unknown command {:?}\n\n{}", other, USAGE)),
     }
+}
+
+/// kubectl's `logs` flags: `--tail N` (-1: all), `--since 5m`, `--since-time RFC3339`,
+/// `--timestamps`, `--limit-bytes N`.
+fn logs_cli_options(a: &Args) -> Result<logs::LogOptions, String> {
+    let number = |flag: &str| -> Result<Option<i64>, String> {
+        a.get(flag)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| format!("--{} {:?}: not a number", flag, v))
+            })
+            .transpose()
+    };
+    let since = match (a.get("since"), a.get("since-time")) {
+        (Some(_), Some(_)) => return Err("give --since or --since-time, not both".into()),
+        (Some(d), None) => Some(
+            crate::clock::now_unix().saturating_sub(
+                config::parse_duration(d).map_err(|e| format!("--since: {}", e))?,
+            ),
+        ),
+        (None, Some(t)) => Some(
+            crate::clock::parse_rfc3339(t)
+                .ok_or_else(|| format!("--since-time {:?}: not an RFC 3339 time", t))?,
+        ),
+        (None, None) => None,
+    };
+    let limit_bytes = match number("limit-bytes")? {
+        Some(n) if n <= 0 => return Err("--limit-bytes must be positive".into()),
+        n => n.map(|n| n as u64),
+    };
+    Ok(logs::LogOptions {
+        follow: a.flag("f") || a.flag("follow"),
+        previous: a.flag("p") || a.flag("previous"),
+        tail_lines: number("tail")?.filter(|n| *n >= 0).map(|n| n as u64),
+        timestamps: a.flag("timestamps"),
+        since,
+        limit_bytes,
+    })
 }
 
 fn root_dir(a: &Args) -> PathBuf {

@@ -3,3 +3,4 @@
 //! watchdogs and supervisors poll.
 
 pub mod healthz;
+pub mod http;
