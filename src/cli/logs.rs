@@ -72,7 +72,7 @@ fn find_pod(req: &LogsRequest) -> Result<store::StoredPod, LogsError> {
         } else if !req.exact
             && name
                 .strip_prefix(req.pod)
-            .is_some_and(|rest| rest.starts_with('-'))
+                .is_some_and(|rest| rest.starts_with('-'))
         {
             prefixed.push(p);
         }
@@ -173,7 +173,13 @@ pub fn open(req: &LogsRequest) -> Result<LogStream, LogsError> {
     let follow = options.follow && !options.previous;
     Ok(LogStream {
         path,
-        follow: follow.then(|| (pod.dir.clone(), container.clone(), rec.current.map(|a| a.id))),
+        follow: follow.then(|| {
+            (
+                pod.dir.clone(),
+                container.clone(),
+                rec.current.map(|a| a.id),
+            )
+        }),
         options,
     })
 }

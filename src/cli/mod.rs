@@ -5,6 +5,7 @@ mod cluster;
 mod config_file;
 mod image;
 pub mod logs;
+mod node_api;
 pub mod ps;
 
 use crate::config::{self, Config};
@@ -30,6 +31,9 @@ usage:
               [--cluster-domain DOMAIN] [--container-log-max-size 10Mi] [--container-log-max-files 5]
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
               [--pod-max-pids N]
+              [--address IP] [--tls-cert-file PEM --tls-private-key-file PEM] [--rotate-server-certificates]
+              [--client-ca-file PEM] [--authentication-token-webhook[=false]] [--anonymous-auth]
+              [--authorization-mode AlwaysAllow|Webhook]
   tinylet ps [-o table|json] [--root-dir DIR]
   tinylet logs [-f] [-p] [-n NAMESPACE] [--tail N] [--since 5m|--since-time RFC3339] [--timestamps]
               [--limit-bytes N] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
@@ -84,6 +88,21 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "seccomp-profile-root",
     "allowed-unsafe-sysctls",
     "pod-max-pids",
+    "address",
+    "tls-cert-file",
+    "tls-private-key-file",
+    "client-ca-file",
+    "authorization-mode",
+];
+
+/// Boolean flags of `tinylet run` (`--flag`, `--flag=false`).
+pub(crate) const RUN_BOOL_FLAGS: &[&str] = &[
+    "v",
+    "verbose",
+    "seccomp-default",
+    "anonymous-auth",
+    "authentication-token-webhook",
+    "rotate-server-certificates",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -216,9 +235,8 @@ fn logs_cli_options(a: &Args) -> Result<logs::LogOptions, String> {
     let since = match (a.get("since"), a.get("since-time")) {
         (Some(_), Some(_)) => return Err("give --since or --since-time, not both".into()),
         (Some(d), None) => Some(
-            crate::clock::now_unix().saturating_sub(
-                config::parse_duration(d).map_err(|e| format!("--since: {}", e))?,
-            ),
+            crate::clock::now_unix()
+                .saturating_sub(config::parse_duration(d).map_err(|e| format!("--since: {}", e))?),
         ),
         (None, Some(t)) => Some(
             crate::clock::parse_rfc3339(t)
@@ -320,7 +338,7 @@ fn validate(rest: &[String]) -> Result<(), String> {
 }
 
 fn run(rest: &[String]) -> Result<(), String> {
-    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose", "seccomp-default"])?;
+    let mut a = Args::parse(rest, RUN_FLAGS, RUN_BOOL_FLAGS)?;
     let config_warnings = match a.get("config").map(PathBuf::from) {
         Some(path) => config_file::apply(&path, &mut a)?,
         None => Vec::new(),
@@ -439,6 +457,7 @@ fn run(rest: &[String]) -> Result<(), String> {
         healthz_port,
     );
     let cluster_mode = cluster::mode(&a, &config, &version)?;
+    node_api::start(&a, &config, cluster_mode.as_ref().map(|m| m.client.clone()))?;
     kubelet::run(config, ctx, cluster_mode)
 }
 

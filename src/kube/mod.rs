@@ -5,7 +5,7 @@ pub mod der;
 pub mod kubeconfig;
 pub mod patch;
 pub mod pki;
-pub mod x509;
 pub mod quantity;
 pub mod types;
+pub mod x509;
 pub mod yaml;

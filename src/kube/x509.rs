@@ -113,7 +113,10 @@ fn time(w: &mut Writer, unix: u64) {
     // "2026-11-27T22:58:32Z" -> "20261127225832Z"
     let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.starts_with("20") && digits[..4] < *"2050" {
-        w.tlv(super::der::UTC_TIME, format!("{}Z", &digits[2..]).as_bytes());
+        w.tlv(
+            super::der::UTC_TIME,
+            format!("{}Z", &digits[2..]).as_bytes(),
+        );
     } else {
         w.tlv(
             super::der::GENERALIZED_TIME,

@@ -255,6 +255,10 @@ mod tests {
         c.write_all(b"").unwrap();
         c.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.ends_with("\r\n\r\n6\r\nhello\n\r\n0\r\n\r\n"), "{:?}", text);
+        assert!(
+            text.ends_with("\r\n\r\n6\r\nhello\n\r\n0\r\n\r\n"),
+            "{:?}",
+            text
+        );
     }
 }
