@@ -248,6 +248,7 @@ fn store_pair(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<PathBuf, String> {
+    fsutil::ensure_dir(dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
     let stamp = clock::rfc3339(clock::now_unix()).replace(':', "-");
     let file = dir.join(format!("{}-{}.pem", kind.prefix, stamp));
     let mut data = cert_pem.trim_end().to_string();

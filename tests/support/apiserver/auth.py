@@ -83,6 +83,9 @@ NODE_RULES = {
     "serviceaccounts/token": {"create"},
     "certificatesigningrequests": {"create", "get", "list", "watch"},
     "namespaces": {"get"},
+    # system:node may delegate its API's authentication and authorization.
+    "tokenreviews": {"create"},
+    "subjectaccessreviews": {"create"},
 }
 
 
