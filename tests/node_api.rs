@@ -151,12 +151,12 @@ fn standalone_client_certificates_pods_and_container_logs() {
     let talker = node.full_name("talker");
     let ticker = node.full_name("ticker");
 
-    let (code, body) = curl(&cert_args, &format!("{base}/healthz"));
-    assert_eq!(
-        (code, body.as_str()),
-        (200, "ok"),
-        "{}",
-        node.daemon_log_tail(20)
+    // The API comes up just after the daemon's start line (the certificate is made first).
+    poll_until(
+        WAIT,
+        "the node API's /healthz",
+        || (curl(&cert_args, &format!("{base}/healthz")) == (200, "ok".into())).then_some(()),
+        || node.daemon_log_tail(20),
     );
 
     // Following a log streams it until the container exits.
@@ -229,6 +229,9 @@ fn standalone_client_certificates_pods_and_container_logs() {
         400
     );
     assert_eq!(logs(&ticker, "?previous=true").0, 400, "it never restarted");
+    // The CLI reads the same log from disk, with kubectl's flag names.
+    let out = node.logs_output("ticker", Some("c"), &["--tail", "2", "--limit-bytes", "9"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tick 5\nti");
     assert_eq!(logs("nosuchpod", "").0, 404);
     assert_eq!(
         logs(&ticker, "").0,
