@@ -443,3 +443,84 @@ fn cluster_tokens_access_reviews_and_a_serving_certificate_from_a_csr() {
     assert_eq!(get(&as_token(api.admin_token()), "/pods").0, 200);
     api.assert_no_violations();
 }
+
+#[test]
+fn certificate_files_and_anonymous_access() {
+    let mut node = Node::create();
+    let port = free_port();
+    // A serving certificate from files, as an operator's own PKI would issue it.
+    let (ca, _, key) = client_ca(&node.dir, "serving", "/CN=edge-node");
+    let dir = node.dir.clone();
+    let d = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(
+        d("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &d("serving-client.csr"),
+            "-CA",
+            &ca,
+            "-CAkey",
+            &d("serving-ca.key"),
+            "-days",
+            "1",
+            "-extfile",
+            &d("san.ext"),
+            "-out",
+            &d("srv.crt"),
+        ],
+        b"",
+    );
+    node.extra_run_args.extend(
+        [
+            "--port",
+            &port.to_string(),
+            "--address",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &d("srv.crt"),
+            "--tls-private-key-file",
+            &key,
+            "--anonymous-auth",
+        ]
+        .map(String::from),
+    );
+    node.start_daemon();
+    let base = format!("https://127.0.0.1:{port}");
+    // Anonymous access on and AlwaysAllow (standalone): no credentials needed.
+    poll_until(
+        WAIT,
+        "the node API's /healthz over the given certificate",
+        || {
+            (curl(&["--cacert", &ca], &format!("{base}/healthz")) == (200, "ok".into()))
+                .then_some(())
+        },
+        || node.daemon_log_tail(20),
+    );
+    let (code, body) = curl(&["--cacert", &ca], &format!("{base}/pods"));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        !node.root.join("pki/kubelet.crt").exists(),
+        "no self-signed certificate when files are given"
+    );
+    // A certificate and a key that do not belong together stop the agent with the reason.
+    node.kill9_daemon();
+    node.extra_run_args.push("--tls-private-key-file".into());
+    node.extra_run_args.push(d("other-client.key"));
+    let (_, _, _) = client_ca(&node.dir, "other", "/CN=x");
+    let out = node.tinylet(
+        &node
+            .run_args()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("do not match"), "{err}");
+}
