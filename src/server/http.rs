@@ -3,6 +3,7 @@
 //! closes. No keep-alive: the API is called rarely, and a closed connection frees its thread.
 
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 /// Request heads beyond this are refused (431), as Go's server refuses headers over 1 MiB; ours
 /// is smaller because nothing legitimate sends more than a token and a few headers.
@@ -27,7 +28,9 @@ pub enum ReadError {
 }
 
 impl Request {
-    pub fn read(stream: &mut impl Read) -> Result<Request, ReadError> {
+    /// Reads the request head; a client still sending it at `deadline` is dropped (a
+    /// byte-at-a-time sender would otherwise hold a connection for as long as it likes).
+    pub fn read(stream: &mut impl Read, deadline: Instant) -> Result<Request, ReadError> {
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 2048];
         let end = loop {
@@ -36,6 +39,9 @@ impl Request {
                 Ok(n) => n,
             };
             head.extend_from_slice(&buf[..n]);
+            if Instant::now() >= deadline {
+                return Err(ReadError::Closed);
+            }
             if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                 if i > MAX_HEAD {
                     return Err(ReadError::Bad(431, "request header fields too large"));
@@ -215,10 +221,14 @@ impl<W: Write> Write for Chunked<W> {
 mod tests {
     use super::*;
 
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
     #[test]
     fn parses_a_request_head() {
         let raw = b"GET /containerLogs/default/web%2D1/c?tailLines=5&follow=true&x HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer abc\r\n\r\n";
-        let r = Request::read(&mut &raw[..]).unwrap();
+        let r = Request::read(&mut &raw[..], far()).unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.path, "/containerLogs/default/web-1/c");
         assert_eq!(r.query("tailLines"), Some("5"));
@@ -231,19 +241,31 @@ mod tests {
             b"GET / SPDY/3\r\n\r\n",
         ] {
             assert!(
-                matches!(Request::read(&mut &bad[..]), Err(ReadError::Bad(400, _))),
+                matches!(
+                    Request::read(&mut &bad[..], far()),
+                    Err(ReadError::Bad(400, _))
+                ),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
         assert!(matches!(
-            Request::read(&mut &b"GET / HTTP/1.1\r\n"[..]),
+            Request::read(&mut &b"GET / HTTP/1.1\r\n"[..], far()),
             Err(ReadError::Closed)
         ));
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert!(matches!(
-            Request::read(&mut huge.as_bytes()),
+            Request::read(&mut huge.as_bytes(), far()),
             Err(ReadError::Bad(431, _))
+        ));
+    }
+
+    #[test]
+    fn a_slow_sender_is_dropped_at_the_deadline() {
+        let past = Instant::now();
+        assert!(matches!(
+            Request::read(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], past),
+            Err(ReadError::Closed)
         ));
     }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 /// Connections served at once; a follower of a quiet log holds one until the container ends or
 /// a write to the client fails.
 const MAX_CONNECTIONS: usize = 32;
-/// Time to complete the TLS handshake and send the request head.
+/// Time to complete the TLS handshake and send the request head (each read, and in all).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that stops reading for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,7 +145,7 @@ fn serve(settings: &Settings, tcp: TcpStream) {
         }
     };
     let mut stream = StreamOwned::new(conn, tcp);
-    let req = match Request::read(&mut stream) {
+    let req = match Request::read(&mut stream, std::time::Instant::now() + READ_TIMEOUT) {
         Ok(r) => r,
         Err(ReadError::Closed) => {
             // A failed handshake (no certificate yet, an untrusted client certificate) lands
