@@ -88,18 +88,43 @@ const FIELDS: &[(&str, &str, Kind)] = &[
         "eviction-pressure-transition-period",
         Kind::Duration,
     ),
+    ("address", "address", Kind::Str),
+    ("tlsCertFile", "tls-cert-file", Kind::Str),
+    ("tlsPrivateKeyFile", "tls-private-key-file", Kind::Str),
+    (
+        "serverTLSBootstrap",
+        "rotate-server-certificates",
+        Kind::Bool,
+    ),
+];
+
+/// Fields inside `authentication` and `authorization` -> (path below the field, flag, kind).
+const NESTED: &[(&str, &[&str], &str, Kind)] = &[
+    (
+        "authentication",
+        &["x509", "clientCAFile"],
+        "client-ca-file",
+        Kind::Str,
+    ),
+    (
+        "authentication",
+        &["webhook", "enabled"],
+        "authentication-token-webhook",
+        Kind::Bool,
+    ),
+    (
+        "authentication",
+        &["anonymous", "enabled"],
+        "anonymous-auth",
+        Kind::Bool,
+    ),
+    ("authorization", &["mode"], "authorization-mode", Kind::Str),
 ];
 
 /// Fields tinylet reads but does not act on yet (the features come with later issues).
 const NOT_YET: &[&str] = &[
-    "address",
-    "authentication",
-    "authorization",
     "readOnlyPort",
-    "tlsCertFile",
-    "tlsPrivateKeyFile",
     "rotateCertificates",
-    "serverTLSBootstrap",
     "cgroupDriver",
     "featureGates",
 ];
@@ -148,6 +173,8 @@ pub fn apply(path: &Path, args: &mut Args) -> Result<Vec<String>, String> {
         if let Some((_, flag, kind)) = FIELDS.iter().find(|(f, _, _)| f == field) {
             let v = flag_value(field, value, kind).map_err(at)?;
             args.set_default(flag, v);
+        } else if NESTED.iter().any(|(f, _, _, _)| f == field) {
+            nested(field, value, args, &mut warnings).map_err(at)?;
         } else if NOT_YET.contains(&field.as_str()) {
             warnings.push(format!(
                 "--config {}: {} is not used by tinylet yet; ignored",
@@ -163,6 +190,53 @@ pub fn apply(path: &Path, args: &mut Args) -> Result<Vec<String>, String> {
         }
     }
     Ok(warnings)
+}
+
+/// `authentication: {x509: {clientCAFile}, webhook: {enabled}, anonymous: {enabled}}` and
+/// `authorization: {mode}`; other sub-fields (cache TTLs) are warned about.
+fn nested(
+    field: &str,
+    value: &Value,
+    args: &mut Args,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    if !value.is_object() {
+        return Err(format!(
+            "{}: Invalid value: {}: must be a mapping",
+            field, value
+        ));
+    }
+    for (_, path, flag, kind) in NESTED.iter().filter(|(f, _, _, _)| *f == field) {
+        let v = path.iter().fold(value, |v, p| &v[*p]);
+        if !v.is_null() {
+            let name = format!("{}.{}", field, path.join("."));
+            args.set_default(flag, flag_value(&name, v, kind)?);
+        }
+    }
+    // Leaves this list does not know, e.g. webhook.cacheTTL.
+    let mut unknown = Vec::new();
+    collect_leaves(value, field, &mut unknown);
+    for leaf in unknown {
+        let known = NESTED
+            .iter()
+            .any(|(f, p, _, _)| leaf == format!("{}.{}", f, p.join(".")));
+        if !known {
+            warnings.push(format!("{} is not used by tinylet; ignored", leaf));
+        }
+    }
+    Ok(())
+}
+
+fn collect_leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(map) => {
+            for (k, child) in map {
+                collect_leaves(child, &format!("{}.{}", prefix, k), out);
+            }
+        }
+        None if !v.is_null() => out.push(prefix.to_string()),
+        None => {}
+    }
 }
 
 fn flag_value(field: &str, v: &Value, kind: &Kind) -> Result<String, String> {
@@ -251,7 +325,7 @@ mod tests {
 
     fn args(cli: &[&str]) -> Args {
         let v: Vec<String> = cli.iter().map(|s| s.to_string()).collect();
-        Args::parse(&v, crate::cli::RUN_FLAGS, &["v"]).unwrap()
+        Args::parse(&v, crate::cli::RUN_FLAGS, crate::cli::RUN_BOOL_FLAGS).unwrap()
     }
 
     #[test]
@@ -324,6 +398,47 @@ mod tests {
         assert!(apply(&p, &mut args(&[]))
             .unwrap_err()
             .contains("evictionHard.cpu.available"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn node_api_fields() {
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             address: 127.0.0.1\ntlsCertFile: /c.pem\ntlsPrivateKeyFile: /k.pem\n\
+             serverTLSBootstrap: true\nauthentication:\n  x509: {clientCAFile: /ca.pem}\n\
+             \x20 webhook: {enabled: false, cacheTTL: 2m}\n  anonymous: {enabled: true}\n\
+             authorization: {mode: AlwaysAllow}\n",
+        );
+        let mut a = args(&["--authorization-mode", "Webhook"]);
+        let warnings = apply(&p, &mut a).unwrap();
+        assert_eq!(a.get("address"), Some("127.0.0.1"));
+        assert_eq!(a.get("tls-cert-file"), Some("/c.pem"));
+        assert_eq!(a.get("tls-private-key-file"), Some("/k.pem"));
+        assert_eq!(a.get("rotate-server-certificates"), Some("true"));
+        assert_eq!(a.get("client-ca-file"), Some("/ca.pem"));
+        assert_eq!(a.get("authentication-token-webhook"), Some("false"));
+        assert_eq!(a.get("anonymous-auth"), Some("true"));
+        assert_eq!(
+            a.get("authorization-mode"),
+            Some("Webhook"),
+            "the flag wins"
+        );
+        assert_eq!(
+            warnings,
+            vec!["authentication.webhook.cacheTTL is not used by tinylet; ignored"]
+        );
+        std::fs::remove_file(p).unwrap();
+        let p = write(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             authentication: {anonymous: {enabled: yes please}}\n",
+        );
+        let err = apply(&p, &mut args(&[])).unwrap_err();
+        assert!(
+            err.contains("authentication.anonymous.enabled: Invalid value"),
+            "{}",
+            err
+        );
         std::fs::remove_file(p).unwrap();
     }
 

@@ -5,6 +5,7 @@ mod cluster;
 mod config_file;
 mod image;
 pub mod logs;
+mod node_api;
 mod proxy;
 pub mod ps;
 mod stats;
@@ -35,9 +36,13 @@ usage:
               [--seccomp-default] [--seccomp-profile-root DIR] [--allowed-unsafe-sysctls NAME|PREFIX*,...]
               [--pod-max-pids N] [--eviction-hard SIGNAL<QUANTITY|PCT%,...] [--eviction-pressure-transition-period 5m]
               [--proxy-mode userspace|none]
+              [--address IP] [--tls-cert-file PEM --tls-private-key-file PEM] [--rotate-server-certificates]
+              [--client-ca-file PEM] [--authentication-token-webhook[=false]] [--anonymous-auth]
+              [--authorization-mode AlwaysAllow|Webhook]
   tinylet proxy --kubeconfig FILE [--node-name NAME] [--log-level LEVEL]   the service proxy alone
   tinylet ps [-o table|json] [--root-dir DIR]
-  tinylet logs [-f] [-p] [-n NAMESPACE] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
+  tinylet logs [-f] [-p] [-n NAMESPACE] [--tail N] [--since 5m|--since-time RFC3339] [--timestamps]
+              [--limit-bytes N] [--root-dir DIR] [--pod-log-dir DIR] POD [CONTAINER]
   tinylet stats [-n NAMESPACE] [--interval 1s] [-o table|json] [--root-dir DIR] [--pod-log-dir DIR] [--cgroup-root PATH]
   tinylet image import PATH [--name NAME] | image ls | image rm NAME | image prune   [--root-dir DIR]
   tinylet image pull REF [--root-dir DIR] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]...
@@ -99,6 +104,21 @@ pub(crate) const RUN_FLAGS: &[&str] = &[
     "cluster-dns",
     "resolv-conf",
     "proxy-mode",
+    "address",
+    "tls-cert-file",
+    "tls-private-key-file",
+    "client-ca-file",
+    "authorization-mode",
+];
+
+/// Boolean flags of `tinylet run` (`--flag`, `--flag=false`).
+pub(crate) const RUN_BOOL_FLAGS: &[&str] = &[
+    "v",
+    "verbose",
+    "seccomp-default",
+    "anonymous-auth",
+    "authentication-token-webhook",
+    "rotate-server-certificates",
 ];
 
 /// `--container-log-max-size` (a quantity, 10Mi; 0 turns rotation off) and
@@ -168,15 +188,19 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
                     "namespace",
                     "c",
                     "container",
+                    "tail",
+                    "since",
+                    "since-time",
+                    "limit-bytes",
                 ],
-                &["f", "follow", "p", "previous"],
+                &["f", "follow", "p", "previous", "timestamps"],
             )?;
             let root = root_dir(&a);
             let log_dir = PathBuf::from(a.get("pod-log-dir").unwrap_or("/var/log/pods"));
             let pod = a
                 .positional
                 .first()
-                .ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] POD [CONTAINER]")?;
+                .ok_or("usage: tinylet logs [-f] [-p] [-n NAMESPACE] [--tail N] [--since 5m] [--timestamps] [--limit-bytes N] POD [CONTAINER]")?;
             let container = a
                 .positional
                 .get(1)
@@ -189,8 +213,8 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
                 namespace: a.get("n").or(a.get("namespace")),
                 pod,
                 container,
-                follow: a.flag("f") || a.flag("follow"),
-                previous: a.flag("p") || a.flag("previous"),
+                exact: false,
+                options: logs_cli_options(&a)?,
             };
             logs::run(&req, &mut std::io::stdout().lock())
         }
@@ -213,6 +237,43 @@ pub fn main(argv: Vec<String>) -> Result<(), String> {
         }
         other => Err(format!("unknown command {:?}\n\n{}", other, USAGE)),
     }
+}
+
+/// kubectl's `logs` flags: `--tail N` (-1: all), `--since 5m`, `--since-time RFC3339`,
+/// `--timestamps`, `--limit-bytes N`.
+fn logs_cli_options(a: &Args) -> Result<logs::LogOptions, String> {
+    let number = |flag: &str| -> Result<Option<i64>, String> {
+        a.get(flag)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| format!("--{} {:?}: not a number", flag, v))
+            })
+            .transpose()
+    };
+    let since = match (a.get("since"), a.get("since-time")) {
+        (Some(_), Some(_)) => return Err("give --since or --since-time, not both".into()),
+        (Some(d), None) => Some(
+            crate::clock::now_unix()
+                .saturating_sub(config::parse_duration(d).map_err(|e| format!("--since: {}", e))?),
+        ),
+        (None, Some(t)) => Some(
+            crate::clock::parse_rfc3339(t)
+                .ok_or_else(|| format!("--since-time {:?}: not an RFC 3339 time", t))?,
+        ),
+        (None, None) => None,
+    };
+    let limit_bytes = match number("limit-bytes")? {
+        Some(n) if n <= 0 => return Err("--limit-bytes must be positive".into()),
+        n => n.map(|n| n as u64),
+    };
+    Ok(logs::LogOptions {
+        follow: a.flag("f") || a.flag("follow"),
+        previous: a.flag("p") || a.flag("previous"),
+        tail_lines: number("tail")?.filter(|n| *n >= 0).map(|n| n as u64),
+        timestamps: a.flag("timestamps"),
+        since,
+        limit_bytes,
+    })
 }
 
 fn root_dir(a: &Args) -> PathBuf {
@@ -295,7 +356,7 @@ fn validate(rest: &[String]) -> Result<(), String> {
 }
 
 fn run(rest: &[String]) -> Result<(), String> {
-    let mut a = Args::parse(rest, RUN_FLAGS, &["v", "verbose", "seccomp-default"])?;
+    let mut a = Args::parse(rest, RUN_FLAGS, RUN_BOOL_FLAGS)?;
     let config_warnings = match a.get("config").map(PathBuf::from) {
         Some(path) => config_file::apply(&path, &mut a)?,
         None => Vec::new(),
@@ -436,6 +497,12 @@ fn run(rest: &[String]) -> Result<(), String> {
             proxy::start(cm.client.clone(), &config.node_name)?;
         }
     }
+    node_api::start(
+        &a,
+        &config,
+        cluster_mode.as_ref().map(|m| m.client.clone()),
+        ctx.stats.clone(),
+    )?;
     kubelet::run(config, ctx, cluster_mode)
 }
 

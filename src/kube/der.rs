@@ -333,7 +333,6 @@ impl Writer {
         self.tlv(BIT_STRING, &content);
     }
 
-    #[cfg(test)]
     pub fn octet_string(&mut self, bytes: &[u8]) {
         self.tlv(OCTET_STRING, bytes);
     }

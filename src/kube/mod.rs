@@ -7,4 +7,5 @@ pub mod patch;
 pub mod pki;
 pub mod quantity;
 pub mod types;
+pub mod x509;
 pub mod yaml;

@@ -23,11 +23,11 @@ const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 /// 1.2.840.10045.3.1.7 prime256v1 (P-256)
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// 1.2.840.10045.4.3.2 ecdsa-with-SHA256
-const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+pub(super) const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 /// 2.5.4.3 commonName
-const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+pub(super) const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 /// 2.5.4.10 organizationName
-const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+pub(super) const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 
 /// What went wrong, worded for a log line or a `tinylet` error message.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl KeyPair {
     }
 
     /// SubjectPublicKeyInfo: id-ecPublicKey with the named curve, and the point.
-    fn spki_der(&self) -> Vec<u8> {
+    pub(super) fn spki_der(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.sequence(|w| {
             w.sequence(|w| {
@@ -186,10 +186,33 @@ impl KeyPair {
         });
         Ok(pem_encode("CERTIFICATE REQUEST", &csr.into_bytes()))
     }
+
+    /// An ecdsa-with-SHA256 signature (ASN.1 DER) of `data`.
+    pub(super) fn sign(&self, data: &[u8]) -> Result<Vec<u8>, PkiError> {
+        self.key
+            .sign(&SystemRandom::new(), data)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| PkiError::Crypto("ECDSA signing failed"))
+    }
+}
+
+impl KeyPair {
+    /// A PKCS#10 request like `csr_pem`'s, with a subjectAltName extension request for `dns`
+    /// names and `ips`: what the kubelet sends for its serving certificate
+    /// (`kubernetes.io/kubelet-serving`).
+    pub fn csr_pem_with_sans(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<String, PkiError> {
+        super::x509::csr_with_sans(self, common_name, organizations, dns, ips)
+    }
 }
 
 /// PrintableString when it fits, as Go's crypto/x509 chooses; UTF8String otherwise.
-fn rdn(w: &mut Writer, oid: &[u8], value: &str) {
+pub(super) fn rdn(w: &mut Writer, oid: &[u8], value: &str) {
     w.set(|w| {
         w.sequence(|w| {
             w.oid(oid);
@@ -282,6 +305,14 @@ pub fn parse_cert_pem(pem: &str) -> Result<Vec<CertInfo>, PkiError> {
         return Err(PkiError::NoPem("CERTIFICATE"));
     }
     Ok(certs)
+}
+
+/// The subject and validity of one DER certificate (a TLS peer's, already verified by rustls).
+pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
+    parse_cert_der(der).map_err(|(field, err)| PkiError::Malformed {
+        at: format!("certificate: {}", field),
+        err,
+    })
 }
 
 /// Errors carry the field at fault, for `parse_cert_pem` to prefix with the certificate.
@@ -412,7 +443,7 @@ fn pem_sections(text: &str) -> Vec<(&str, Result<Vec<u8>, &'static str>)> {
 }
 
 /// PEM with 64-character lines, as RFC 7468 and openssl write it.
-fn pem_encode(label: &str, der: &[u8]) -> String {
+pub(super) fn pem_encode(label: &str, der: &[u8]) -> String {
     let body = crate::base64::base64_encode(der);
     let mut out = format!("-----BEGIN {}-----\n", label);
     for line in body.as_bytes().chunks(64) {

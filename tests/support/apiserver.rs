@@ -360,6 +360,20 @@ impl ApiServer {
         self.test_post(&format!("/_test/sign-with-duration?seconds={seconds}"));
     }
 
+    /// What TokenReviews answer for tokens other than the admin's and service accounts':
+    /// `{"<token>": {"username": "alice", "groups": ["devs"]}}`.
+    pub fn set_token_users(&self, users: &Value) {
+        self.post("/_test/token-users", users)
+            .unwrap_or_else(|e| panic!("setting token users: {e:?}"));
+    }
+
+    /// What SubjectAccessReviews on `nodes/<subresource>` allow (system:masters: everything):
+    /// `[{"user": "alice", "verb": "get", "subresource": "proxy"}]` ("*" matches any).
+    pub fn set_kubelet_access(&self, rules: &Value) {
+        self.post("/_test/kubelet-access", rules)
+            .unwrap_or_else(|e| panic!("setting kubelet access rules: {e:?}"));
+    }
+
     /// The last `lines` lines of the double's log (one line per request, errors, violations).
     pub fn log_tail(&self, lines: usize) -> String {
         let mut log = fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();

@@ -192,6 +192,10 @@ impl Node {
             // never on the host's.
             "--proxy-mode".into(),
             "none".into(),
+            // The node API listens on loopback only in tests (the first node gets 10250; the
+            // others log that it is taken, unless a test gives its own --port).
+            "--address".into(),
+            "127.0.0.1".into(),
             // Never the host's /etc/cni/net.d: a test node has a pod network only when its test
             // writes one here (and runs the node in a namespace of its own, `use_netns`).
             "--cni-conf-dir".into(),

@@ -22,8 +22,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 const CURRENT: &str = "kubelet-client-current.pem";
 const MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Which certificate a CSR is for: the client one (TLS bootstrap) or the node API's serving one
+/// (`--rotate-server-certificates`, the kubelet's serverTLSBootstrap).
+pub struct CertKind {
+    /// Files are `<root>/pki/<prefix>-<time>.pem` behind `<prefix>-current.pem`.
+    pub prefix: &'static str,
+    pub signer: &'static str,
+    pub usages: &'static [&'static str],
+    /// subjectAltNames (serving certificates only).
+    pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl CertKind {
+    pub fn client() -> CertKind {
+        CertKind {
+            prefix: "kubelet-client",
+            signer: SIGNER,
+            usages: &["digital signature", "client auth"],
+            dns: Vec::new(),
+            ips: Vec::new(),
+        }
+    }
+
+    /// As the kubelet asks for an ECDSA serving certificate: no key encipherment.
+    pub fn serving(dns: Vec<String>, ips: Vec<std::net::IpAddr>) -> CertKind {
+        CertKind {
+            prefix: "kubelet-server",
+            signer: SERVING_SIGNER,
+            usages: &["digital signature", "server auth"],
+            dns,
+            ips,
+        }
+    }
+
+    fn current(&self) -> String {
+        format!("{}-current.pem", self.prefix)
+    }
+}
 
 pub fn pki_dir(root: &Path) -> PathBuf {
     root.join("pki")
@@ -64,7 +104,7 @@ pub fn bootstrap(
     fsutil::ensure_dir(&dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
     let mut delay = super::RetryDelay::default();
     let (cert_pem, key_pem) = loop {
-        match request_certificate(&client, node_name) {
+        match request_certificate(&client, node_name, &CertKind::client()) {
             Ok(pair) => break pair,
             Err(Failure::Denied(m)) => return Err(format!("TLS bootstrap: {}", m)),
             Err(Failure::Retry(m)) => {
@@ -74,7 +114,7 @@ pub fn bootstrap(
             }
         }
     };
-    let current = store_pair(&dir, &cert_pem, &key_pem)?;
+    let current = store_pair(&dir, &CertKind::client(), &cert_pem, &key_pem)?;
     let text = kubeconfig::render_with_client_cert(
         &conn.server,
         conn.ca_pem.as_deref(),
@@ -107,19 +147,27 @@ impl From<ApiError> for Failure {
 
 /// One CSR round: a new key, the request, waiting for the certificate (up to 15 minutes, then the
 /// caller starts over). Returns (certificate PEM, key PEM).
-fn request_certificate(client: &ApiClient, node_name: &str) -> Result<(String, String), Failure> {
+fn request_certificate(
+    client: &ApiClient,
+    node_name: &str,
+    kind: &CertKind,
+) -> Result<(String, String), Failure> {
     let key = KeyPair::generate().map_err(|e| Failure::Retry(e.to_string()))?;
-    let csr = key
-        .csr_pem(&format!("system:node:{}", node_name), &["system:nodes"])
-        .map_err(|e| Failure::Retry(e.to_string()))?;
+    let cn = format!("system:node:{}", node_name);
+    let csr = if kind.dns.is_empty() && kind.ips.is_empty() {
+        key.csr_pem(&cn, &["system:nodes"])
+    } else {
+        key.csr_pem_with_sans(&cn, &["system:nodes"], &kind.dns, &kind.ips)
+    }
+    .map_err(|e| Failure::Retry(e.to_string()))?;
     let body = json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "csr-"},
         "spec": {
             "request": crate::base64::base64_encode(csr.as_bytes()),
-            "signerName": SIGNER,
-            "usages": ["digital signature", "client auth"],
+            "signerName": kind.signer,
+            "usages": kind.usages,
         },
     });
     let created = client.post(
@@ -192,18 +240,24 @@ fn issued(csr: &Value) -> Result<Option<String>, Failure> {
     Ok(Some(pem))
 }
 
-/// Writes `kubelet-client-<time>.pem` (certificate then key, 0600) and points the `current`
+/// Writes `<prefix>-<time>.pem` (certificate then key, 0600) and points the `current`
 /// symlink at it atomically. Returns the symlink's path.
-fn store_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<PathBuf, String> {
+fn store_pair(
+    dir: &Path,
+    kind: &CertKind,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<PathBuf, String> {
+    fsutil::ensure_dir(dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
     let stamp = clock::rfc3339(clock::now_unix()).replace(':', "-");
-    let file = dir.join(format!("kubelet-client-{}.pem", stamp));
+    let file = dir.join(format!("{}-{}.pem", kind.prefix, stamp));
     let mut data = cert_pem.trim_end().to_string();
     data.push('\n');
     data.push_str(key_pem);
     fsutil::write_atomic(&file, data.as_bytes(), 0o600)
         .map_err(|e| format!("writing {}: {}", file.display(), e))?;
-    let current = dir.join(CURRENT);
-    let tmp = dir.join(format!(".{}.tmp", CURRENT));
+    let current = dir.join(kind.current());
+    let tmp = dir.join(format!(".{}.tmp", kind.current()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(file.file_name().unwrap_or_default(), &tmp)
         .and_then(|_| std::fs::rename(&tmp, &current))
@@ -218,9 +272,46 @@ pub fn start_rotation(
     root: PathBuf,
     node_name: String,
 ) -> Result<(), String> {
-    super::spawn("cert-rotation", move || loop {
+    let swap = client.clone();
+    rotate(
+        "cert-rotation",
+        client,
+        root,
+        node_name,
+        CertKind::client(),
+        move |cert, key| swap.set_client_cert(cert.as_bytes(), key.as_bytes()),
+    )
+}
+
+/// The serving certificate's file (certificate and key) if one was issued before.
+pub fn serving_current(root: &Path) -> PathBuf {
+    pki_dir(root).join(CertKind::serving(Vec::new(), Vec::new()).current())
+}
+
+/// Keeps the node API's serving certificate issued (a CSR at once when there is none) and
+/// rotated; `install` gets each new (certificate, key) PEM pair.
+pub fn start_serving_rotation(
+    client: Arc<ApiClient>,
+    root: PathBuf,
+    node_name: String,
+    kind: CertKind,
+    install: impl Fn(&str, &str) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    rotate("serving-cert", client, root, node_name, kind, install)
+}
+
+fn rotate(
+    thread: &str,
+    client: Arc<ApiClient>,
+    root: PathBuf,
+    node_name: String,
+    kind: CertKind,
+    install: impl Fn(&str, &str) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    let is_client = kind.signer == SIGNER;
+    super::spawn(thread, move || loop {
         let dir = pki_dir(&root);
-        let current = std::fs::read(dir.join(CURRENT)).unwrap_or_default();
+        let current = std::fs::read(dir.join(kind.current())).unwrap_or_default();
         let wait = match std::str::from_utf8(&current)
             .ok()
             .and_then(|t| pki::parse_cert_pem(t).ok())
@@ -232,22 +323,28 @@ pub fn start_rotation(
                 clock::now_unix().as_secs(),
                 jitter(),
             ),
-            None => {
+            None if is_client => {
                 log::warn!(
                     "certificate rotation: cannot read {}; trying again in a minute",
                     dir.join(CURRENT).display()
                 );
                 Duration::from_secs(60)
             }
+            // No serving certificate yet: ask for one now.
+            None => Duration::ZERO,
         };
         // Never a tight loop, whatever the certificates say (a signer that backdates
         // certificates by more than 70 % of their lifetime would otherwise cause one).
-        let wait = wait.max(MIN_ROTATION_INTERVAL);
-        log::info!("client certificate: rotation in {:?}", wait);
+        let wait = if current.is_empty() && !is_client {
+            wait
+        } else {
+            wait.max(MIN_ROTATION_INTERVAL)
+        };
+        log::info!("{}: rotation in {:?}", kind.prefix, wait);
         std::thread::sleep(wait);
         let mut delay = super::RetryDelay::default();
         let pair = loop {
-            match request_certificate(&client, &node_name) {
+            match request_certificate(&client, &node_name, &kind) {
                 Ok(pair) => break Some(pair),
                 Err(Failure::Denied(m)) => {
                     log::error!("certificate rotation: {}", m);
@@ -264,10 +361,9 @@ pub fn start_rotation(
             std::thread::sleep(Duration::from_secs(60));
             continue;
         };
-        match store_pair(&dir, &cert, &key)
-            .and_then(|_| client.set_client_cert(cert.as_bytes(), key.as_bytes()))
-        {
-            Ok(()) => log::info!("client certificate rotated"),
+        match store_pair(&dir, &kind, &cert, &key).and_then(|_| install(&cert, &key)) {
+            Ok(()) if is_client => log::info!("client certificate rotated"),
+            Ok(()) => log::info!("serving certificate issued and installed"),
             Err(e) => log::error!("certificate rotation: {}", e),
         }
     })

@@ -4,6 +4,7 @@ and the NodeRestriction checks that need the stored object."""
 
 import base64
 import copy
+import json
 import time
 import uuid
 
@@ -24,6 +25,8 @@ class Hooks:
     def __init__(self, store, pki, opts, log):
         self.store, self.pki, self.opts, self.log = store, pki, opts, log
         self.cert_duration = opts.cert_duration  # /_test/sign-with-duration changes it
+        self.token_users = {}  # /_test/token-users
+        self.kubelet_access = []  # /_test/kubelet-access
 
     # ---- called by the registry, under the store lock ----
 
@@ -211,3 +214,55 @@ class Hooks:
                 "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": None},
                 "spec": spec, "status": {"token": self.pki.issue_token(claims),
                                          "expirationTimestamp": now_rfc3339(seconds)}}
+
+
+    # ---- TokenReview and SubjectAccessReview (a node's API delegating its auth) ----
+
+    def review(self, res, obj):
+        spec = obj.get("spec") or {}
+        out = {"kind": res.kind, "apiVersion": res.api_version,
+               "metadata": {"creationTimestamp": None}, "spec": spec}
+        if res.plural == "tokenreviews":
+            out["status"] = self._token_review(spec.get("token") or "")
+            self.log("TokenReview: authenticated=%s" % out["status"]["authenticated"])
+            return out
+        if not spec.get("user") and not spec.get("groups"):
+            raise invalid(res, "", [("spec.user", "FieldValueRequired",
+                                     "Required value: at least one of user or group must be specified")])
+        if bool(spec.get("resourceAttributes")) == bool(spec.get("nonResourceAttributes")):
+            raise invalid(res, "", [("spec.resourceAttributes", "FieldValueRequired",
+                                     "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified")])
+        out["status"] = self._access_review(spec)
+        self.log("SubjectAccessReview %s: allowed=%s" % (json.dumps(spec, sort_keys=True), out["status"]["allowed"]))
+        return out
+
+    def _token_review(self, token):
+        from auth import MASTERS
+        if token and token == self.opts.admin_token:
+            return {"authenticated": True, "user": {"username": "admin", "groups": [MASTERS, "system:authenticated"]}}
+        if token in self.token_users:
+            user = copy.deepcopy(self.token_users[token])
+            user.setdefault("groups", [])
+            user["groups"] = user["groups"] + ["system:authenticated"]
+            return {"authenticated": True, "user": user}
+        claims = self.pki.verify_token(token) if token else None
+        if claims:
+            k8s = claims.get("kubernetes.io", {})
+            ns, sa = k8s.get("namespace"), k8s.get("serviceaccount", {}).get("name")
+            return {"authenticated": True, "audiences": claims.get("aud", []), "user": {
+                "username": "system:serviceaccount:%s:%s" % (ns, sa),
+                "uid": k8s.get("serviceaccount", {}).get("uid", ""),
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"]}}
+        return {"authenticated": False, "user": {}, "error": "invalid bearer token"}
+
+    def _access_review(self, spec):
+        from auth import MASTERS
+        if MASTERS in (spec.get("groups") or []):
+            return {"allowed": True, "reason": "system:masters may do anything"}
+        ra = spec.get("resourceAttributes") or {}
+        for rule in self.kubelet_access:
+            if rule.get("user") == spec.get("user") and ra.get("resource") == "nodes" and \
+                    ra.get("group", "") == "" and rule.get("verb", "*") in ("*", ra.get("verb")) and \
+                    rule.get("subresource", "*") in ("*", ra.get("subresource", "")):
+                return {"allowed": True, "reason": "allowed by the test's kubelet-access rules"}
+        return {"allowed": False}

@@ -172,7 +172,7 @@ class ApiServer(ThreadingHTTPServer):
 
     # ---- /_test/ ----
 
-    def test_endpoint(self, method, path, query):
+    def test_endpoint(self, method, path, query, body=b""):
         if method == "GET" and path == "/_test/requests":
             with self.store.cond:
                 return {"items": list(self.requests)}
@@ -194,6 +194,13 @@ class ApiServer(ThreadingHTTPServer):
                                       query.get("path", "/")])
             elif path == "/_test/sign-with-duration":
                 self.hooks.cert_duration = int(query["seconds"])
+            elif path == "/_test/token-users":
+                # {"<token>": {"username": ..., "groups": [...], "uid": ...}}: what TokenReviews say.
+                self.hooks.token_users = json.loads(body or b"{}")
+            elif path == "/_test/kubelet-access":
+                # [{"user": ..., "verb": "get"|"*", "subresource": "proxy"|"*"}]: what
+                # SubjectAccessReviews on nodes/<subresource> allow.
+                self.hooks.kubelet_access = json.loads(body or b"[]")
             else:
                 raise ApiError(404, "no such test endpoint")
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
@@ -243,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
             if url.path.startswith("/_test/"):
                 if not user.admin:
                     raise ApiError(403, "only admins may use the test endpoints")
-                return self.reply(200, srv.test_endpoint(self.command, url.path, query))
+                return self.reply(200, srv.test_endpoint(self.command, url.path, query, body))
             out = srv.router.dispatch(self, user, self.command, url.path, query, body, content_type)
             if out is not None:
                 self.reply(*out)

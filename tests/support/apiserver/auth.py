@@ -86,6 +86,9 @@ NODE_RULES = {
     # system:node-proxier, which a cluster binds to the nodes when their agent is also the proxy.
     "services": {"get", "list", "watch"},
     "endpointslices": {"list", "watch"},
+    # system:node may delegate its API's authentication and authorization.
+    "tokenreviews": {"create"},
+    "subjectaccessreviews": {"create"},
 }
 
 

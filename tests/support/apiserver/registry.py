@@ -36,7 +36,11 @@ RESOURCES = {(r.api_version, r.plural): r for r in [
     Res("services", "Service", "v1", True, status=True),
     Res("endpointslices", "EndpointSlice", "discovery.k8s.io/v1", True),
     Res("certificatesigningrequests", "CertificateSigningRequest", "certificates.k8s.io/v1", False, status=True),
+    # Create-only reviews: answered at once, never stored (admission.py's review()).
+    Res("tokenreviews", "TokenReview", "authentication.k8s.io/v1", False),
+    Res("subjectaccessreviews", "SubjectAccessReview", "authorization.k8s.io/v1", False),
 ]}
+REVIEWS = ("tokenreviews", "subjectaccessreviews")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 ROOT_CA_NOTE = ("Contains a CA bundle that can be used to verify the kube-apiserver when using internal "
                 "endpoints such as the internal service IP or kubernetes.default.svc. No other usage is "

@@ -6,7 +6,7 @@ import random
 
 from auth import authorize
 from common import ApiError, status_body
-from registry import PATCH_TYPES, RESOURCES
+from registry import PATCH_TYPES, RESOURCES, REVIEWS
 from store import parse_field_selector, parse_label_selector
 
 NOT_FOUND = "the server could not find the requested resource"
@@ -58,6 +58,16 @@ class Router:
                 filled.setdefault("kind", res.kind if sub != "token" else "TokenRequest")
                 filled.setdefault("apiVersion", res.api_version if sub != "token" else "authentication.k8s.io/v1")
                 srv.violations.check(filled, method, req.path, user.name)
+
+        if res.plural in REVIEWS:
+            if method != "POST" or name is not None:
+                raise method_not_allowed()
+            need_json(content_type)
+            obj = body()
+            authorize(user, "create", res, None, None, None)
+            check(obj)
+            with store.cond:
+                return 201, srv.hooks.review(res, obj)
 
         if name is None:
             if method == "GET":

@@ -1,0 +1,286 @@
+//! The little HTTP/1.1 the node API needs: one GET-style request per connection (head only, with
+//! a size bound), answers with a Content-Length or chunked (log follow), then the connection
+//! closes. No keep-alive: the API is called rarely, and a closed connection frees its thread.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+/// Request heads beyond this are refused (431), as Go's server refuses headers over 1 MiB; ours
+/// is smaller because nothing legitimate sends more than a token and a few headers.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path, percent-decoded.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why a request could not be read; the status to answer with, if any.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client went away or timed out: nothing to answer.
+    Closed,
+    Bad(u16, &'static str),
+}
+
+impl Request {
+    /// Reads the request head; a client still sending it at `deadline` is dropped (a
+    /// byte-at-a-time sender would otherwise hold a connection for as long as it likes).
+    pub fn read(stream: &mut impl Read, deadline: Instant) -> Result<Request, ReadError> {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 2048];
+        let end = loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return Err(ReadError::Closed),
+                Ok(n) => n,
+            };
+            head.extend_from_slice(&buf[..n]);
+            if Instant::now() >= deadline {
+                return Err(ReadError::Closed);
+            }
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                if i > MAX_HEAD {
+                    return Err(ReadError::Bad(431, "request header fields too large"));
+                }
+                break i;
+            }
+            if head.len() > MAX_HEAD {
+                return Err(ReadError::Bad(431, "request header fields too large"));
+            }
+        };
+        let text = std::str::from_utf8(&head[..end])
+            .map_err(|_| ReadError::Bad(400, "request head is not UTF-8"))?;
+        let mut lines = text.split("\r\n");
+        let mut first = lines.next().unwrap_or("").split(' ');
+        let (method, target, version) = (first.next(), first.next(), first.next());
+        let (Some(method), Some(target), Some(version)) = (method, target, version) else {
+            return Err(ReadError::Bad(400, "malformed request line"));
+        };
+        if !version.starts_with("HTTP/1.") || first.next().is_some() {
+            return Err(ReadError::Bad(400, "malformed request line"));
+        }
+        let mut headers = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or(ReadError::Bad(400, "malformed header line"))?;
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+        let path = percent_decode(raw_path).ok_or(ReadError::Bad(400, "malformed path"))?;
+        let mut query = Vec::new();
+        for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(&k.replace('+', " "));
+            let v = percent_decode(&v.replace('+', " "));
+            match (k, v) {
+                (Some(k), Some(v)) => query.push((k, v)),
+                _ => return Err(ReadError::Bad(400, "malformed query")),
+            }
+        }
+        Ok(Request {
+            method: method.to_string(),
+            path,
+            query,
+            headers,
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The last value of a query parameter (as Go's url.Values.Get takes the first; a repeated
+    /// parameter is odd either way).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A whole response with its Content-Length. `head_only` for HEAD requests.
+pub fn respond(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache, private\r\nConnection: close\r\n\r\n",
+        status,
+        reason(status),
+        content_type,
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    w.write_all(&out)?;
+    w.flush()
+}
+
+/// A v1 `Status` failure, as the API server (and our 401/403) words them.
+pub fn status_json(code: u16, reason: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }))
+    .unwrap_or_default()
+}
+
+/// A streamed 200 body: every write is one chunk, flushed at once (a followed log reaches the
+/// reader line by line). `finish` writes the last chunk.
+pub struct Chunked<W: Write> {
+    inner: W,
+}
+
+impl<W: Write> Chunked<W> {
+    pub fn start(mut inner: W, content_type: &str) -> io::Result<Chunked<W>> {
+        write!(
+            inner,
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\nConnection: close\r\n\r\n",
+            content_type
+        )?;
+        inner.flush()?;
+        Ok(Chunked { inner })
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.inner.write_all(b"0\r\n\r\n")?;
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Write for Chunked<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0); // an empty chunk would end the body
+        }
+        write!(self.inner, "{:x}\r\n", data.len())?;
+        self.inner.write_all(data)?;
+        self.inner.write_all(b"\r\n")?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    #[test]
+    fn parses_a_request_head() {
+        let raw = b"GET /containerLogs/default/web%2D1/c?tailLines=5&follow=true&x HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer abc\r\n\r\n";
+        let r = Request::read(&mut &raw[..], far()).unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/containerLogs/default/web-1/c");
+        assert_eq!(r.query("tailLines"), Some("5"));
+        assert_eq!(r.query("x"), Some(""));
+        assert_eq!(r.header("authorization"), Some("Bearer abc"));
+        for bad in [
+            &b"GET\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nnocolon\r\n\r\n",
+            b"GET /%zz HTTP/1.1\r\n\r\n",
+            b"GET / SPDY/3\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    Request::read(&mut &bad[..], far()),
+                    Err(ReadError::Bad(400, _))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            Request::read(&mut &b"GET / HTTP/1.1\r\n"[..], far()),
+            Err(ReadError::Closed)
+        ));
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            Request::read(&mut huge.as_bytes(), far()),
+            Err(ReadError::Bad(431, _))
+        ));
+    }
+
+    #[test]
+    fn a_slow_sender_is_dropped_at_the_deadline() {
+        let past = Instant::now();
+        assert!(matches!(
+            Request::read(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], past),
+            Err(ReadError::Closed)
+        ));
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let mut out = Vec::new();
+        let mut c = Chunked::start(&mut out, "text/plain").unwrap();
+        c.write_all(b"hello\n").unwrap();
+        c.write_all(b"").unwrap();
+        c.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\n\r\n6\r\nhello\n\r\n0\r\n\r\n"),
+            "{:?}",
+            text
+        );
+    }
+}
