@@ -198,7 +198,11 @@ fn standalone_client_certificates_pods_and_container_logs() {
     let (code, body) = curl(&cert_args, &format!("{base}/stats/summary"));
     assert_eq!(code, 200, "{body}");
     let summary: serde_json::Value = serde_json::from_str(&body).expect("summary JSON");
-    assert_eq!(summary["node"]["nodeName"], node.node_name.as_str(), "{body}");
+    assert_eq!(
+        summary["node"]["nodeName"],
+        node.node_name.as_str(),
+        "{body}"
+    );
     let (code, body) = curl(&cert_args, &format!("{base}/metrics/resource"));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("node_memory_working_set_bytes"), "{body}");

@@ -154,6 +154,21 @@ fn image_pull(store: &ImageStore, a: &Args) -> Result<(), String> {
     }
     // (layer, when its download started, when a line was last printed)
     let mut current: Option<(usize, Instant, Instant)> = None;
+    // On a terminal each layer's progress rewrites one line (ten times a second); in a log file
+    // or pipe it is a line when a layer starts and ends, and two a second in between.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: String, final_for_layer: bool| {
+        if tty {
+            eprint!(
+                "\r\x1b[2K{}{}",
+                line,
+                if final_for_layer { "\n" } else { "" }
+            );
+        } else {
+            eprintln!("{}", line);
+        }
+    };
+    let interval = Duration::from_millis(if tty { 100 } else { 500 });
     let mut report = |p: PullProgress| {
         let now = Instant::now();
         let done = p.bytes >= p.total;
@@ -163,26 +178,31 @@ fn image_pull(store: &ImageStore, a: &Args) -> Result<(), String> {
         };
         current = Some((p.layer, started, printed.unwrap_or(now)));
         if printed.is_none() && done {
-            eprintln!(
-                "layer {}/{}: {} already present",
-                p.layer,
-                p.layers,
-                human_size(p.total)
+            say(
+                format!(
+                    "layer {}/{}: {} already present",
+                    p.layer,
+                    p.layers,
+                    human_size(p.total)
+                ),
+                true,
             );
             return;
         }
-        // A line when a layer starts and ends, and at most two a second in between.
-        if printed.is_some_and(|at| !done && now - at < Duration::from_millis(500)) {
+        if printed.is_some_and(|at| !done && now - at < interval) {
             return;
         }
         let rate = p.bytes as f64 / (now - started).as_secs_f64().max(0.001);
-        eprintln!(
-            "layer {}/{}: {} / {} ({}/s)",
-            p.layer,
-            p.layers,
-            human_size(p.bytes),
-            human_size(p.total),
-            human_size(rate as u64)
+        say(
+            format!(
+                "layer {}/{}: {} / {} ({}/s)",
+                p.layer,
+                p.layers,
+                human_size(p.bytes),
+                human_size(p.total),
+                human_size(rate as u64)
+            ),
+            done,
         );
         current = Some((p.layer, started, now));
     };
