@@ -6,40 +6,20 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::ApiServer;
 use support::relay::Relay;
 use support::*;
 
 /// A node that reaches `api` through `relay` (lease every second, status checked every second).
 fn join_through(api: &ApiServer, relay: &Relay, extra: &[&str]) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        true,
-    );
-    let text = std::fs::read_to_string(&kubeconfig).unwrap().replace(
-        &format!("127.0.0.1:{}", api.port()),
-        &format!("127.0.0.1:{}", relay.port()),
-    );
-    std::fs::write(&kubeconfig, text).unwrap();
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--node-lease-duration-seconds",
-            "4",
-            "--node-status-update-frequency",
-            "1s",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string()),
-    );
-    node.import_image();
-    node.start_daemon();
-    node
+    let flags = [
+        "--node-lease-duration-seconds",
+        "4",
+        "--node-status-update-frequency",
+        "1s",
+    ];
+    let all: Vec<&str> = flags.iter().chain(extra).copied().collect();
+    api.join_node(Some(relay), &all)
 }
 
 fn eventually<T>(node: &Node, what: &str, within: Duration, f: impl FnMut() -> Option<T>) -> T {

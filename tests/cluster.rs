@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::{eventually, ApiServer, KubeconfigUser};
 use support::*;
 
 /// A node joined to `api` with a client certificate; lease every second, status checked every
@@ -16,43 +16,18 @@ fn join(api: &ApiServer) -> Node {
 }
 
 fn join_with(api: &ApiServer, extra: &[String]) -> Node {
-    let mut node = Node::create();
-    node.extra_run_args.extend(extra.iter().cloned());
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--node-lease-duration-seconds",
-            "4",
-            "--node-status-update-frequency",
-            "1s",
-            "--node-labels",
-            "site=cabinet-7",
-            "--register-with-taints",
-            "edge=true:NoSchedule",
-        ]
-        .map(String::from),
-    );
-    node.import_image();
-    node.start_daemon();
-    node
-}
-
-/// Polls `f` until it returns Some, for up to `WAIT`; panics with `what` and the logs.
-fn eventually<T>(node: &Node, api: &ApiServer, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    poll_until(WAIT, what, f, || {
-        format!(
-            "--- tinylet:\n{}\n--- apiserver:\n{}",
-            node.daemon_log_tail(40),
-            api.log_tail(30)
-        )
-    })
+    let mut flags = vec![
+        "--node-lease-duration-seconds",
+        "4",
+        "--node-status-update-frequency",
+        "1s",
+        "--node-labels",
+        "site=cabinet-7",
+        "--register-with-taints",
+        "edge=true:NoSchedule",
+    ];
+    flags.extend(extra.iter().map(String::as_str));
+    api.join_node(None, &flags)
 }
 
 fn api_pod(name: &str, node: &Node, script: &str) -> Value {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::apiserver::{openssl, ApiServer, KubeconfigUser};
+use support::apiserver::{openssl, ApiServer};
 use support::*;
 
 fn free_port() -> u16 {
@@ -280,28 +280,17 @@ fn standalone_client_certificates_pods_and_container_logs() {
 #[test]
 fn cluster_tokens_access_reviews_and_a_serving_certificate_from_a_csr() {
     let api = ApiServer::start();
-    let mut node = Node::create();
     let port = free_port();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
+    let node = api.join_node(
+        None,
+        &[
             "--port",
             &port.to_string(),
             "--address",
             "127.0.0.1",
             "--rotate-server-certificates",
-        ]
-        .map(String::from),
+        ],
     );
-    node.import_image();
-    node.start_daemon();
     let diag = || {
         format!(
             "--- tinylet:\n{}\n--- apiserver:\n{}",

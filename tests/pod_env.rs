@@ -9,7 +9,7 @@ mod support;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::{eventually, ApiServer};
 use support::relay::Relay;
 use support::*;
 
@@ -134,44 +134,15 @@ fn standalone_pod_gets_fields_resources_and_expanded_variables() {
 // ---- cluster mode ----
 
 fn join(api: &ApiServer, through: Option<&Relay>) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        true,
-    );
-    if let Some(relay) = through {
-        let text = std::fs::read_to_string(&kubeconfig).unwrap().replace(
-            &format!("127.0.0.1:{}", api.port()),
-            &format!("127.0.0.1:{}", relay.port()),
-        );
-        std::fs::write(&kubeconfig, text).unwrap();
-    }
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
+    api.join_node(
+        through,
+        &[
             "--node-lease-duration-seconds",
             "4",
             "--node-status-update-frequency",
             "1s",
-        ]
-        .map(String::from),
-    );
-    node.import_image();
-    node.start_daemon();
-    node
-}
-
-fn eventually<T>(node: &Node, api: &ApiServer, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    poll_until(WAIT, what, f, || {
-        format!(
-            "--- tinylet:\n{}\n--- apiserver:\n{}",
-            node.daemon_log_tail(40),
-            api.log_tail(30)
-        )
-    })
+        ],
+    )
 }
 
 fn create(api: &ApiServer, path: &str, obj: Value) {

@@ -326,18 +326,9 @@ fn share_process_namespace_and_host_ipc() {
 
 #[test]
 fn an_api_pod_with_a_forbidden_sysctl_fails_with_sysctl_forbidden() {
-    use support::apiserver::{ApiServer, KubeconfigUser};
+    use support::apiserver::ApiServer;
     let api = ApiServer::start();
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
-    node.import_image();
-    node.start_daemon();
+    let node = api.join_node(None, &[]);
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",

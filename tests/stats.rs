@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::ApiServer;
 use support::*;
 
 /// A BestEffort pod burning one CPU, and a pod holding 40 MB of memory (in /dev/shm), 5 MB in
@@ -321,25 +321,9 @@ fn join(api: &ApiServer, extra: &[&str]) -> Node {
 
 /// `join`, with `prepare` run before the daemon starts.
 fn join_prepared(api: &ApiServer, extra: &[&str], prepare: impl FnOnce(&Node)) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--node-status-update-frequency",
-            "1s",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string()),
-    );
-    node.import_image();
+    let mut flags = vec!["--node-status-update-frequency", "1s"];
+    flags.extend(extra);
+    let mut node = api.prepare_node(None, &flags);
     prepare(&node);
     node.start_daemon();
     node

@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::ApiServer;
 use support::*;
 
 const SLEEP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
@@ -185,18 +185,7 @@ fn projections_have_the_atomic_writer_layout_modes_and_fs_group() {
 
 /// A node joined to `api` with a client certificate.
 fn join(api: &ApiServer) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args
-        .extend(["--kubeconfig", &kubeconfig.display().to_string()].map(String::from));
-    node.import_image();
-    node.start_daemon();
-    node
+    api.join_node(None, &[])
 }
 
 #[test]

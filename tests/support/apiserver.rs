@@ -244,6 +244,38 @@ impl ApiServer {
         fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 
+    /// A test node with a client certificate for its name and a kubeconfig naming this server
+    /// (or `relay`, which can cut the connection), then `extra` flags; the image imported, the
+    /// daemon not started yet (`start_daemon`).
+    pub fn prepare_node(&self, relay: Option<&super::relay::Relay>, extra: &[&str]) -> super::Node {
+        let mut node = super::Node::create();
+        let kubeconfig = node.dir.join("kubeconfig");
+        let user = KubeconfigUser::NodeCert(node.node_name.clone());
+        self.write_kubeconfig(&kubeconfig, &user, relay.is_some());
+        if let Some(relay) = relay {
+            let text = fs::read_to_string(&kubeconfig)
+                .expect("reading the kubeconfig")
+                .replace(
+                    &format!("127.0.0.1:{}", self.port()),
+                    &format!("127.0.0.1:{}", relay.port()),
+                );
+            fs::write(&kubeconfig, text).expect("writing the kubeconfig");
+        }
+        node.extra_run_args.push("--kubeconfig".into());
+        node.extra_run_args.push(kubeconfig.display().to_string());
+        node.extra_run_args
+            .extend(extra.iter().map(|s| s.to_string()));
+        node.import_image();
+        node
+    }
+
+    /// `prepare_node`, with the daemon started.
+    pub fn join_node(&self, relay: Option<&super::relay::Relay>, extra: &[&str]) -> super::Node {
+        let mut node = self.prepare_node(relay, extra);
+        node.start_daemon();
+        node
+    }
+
     /// A client authenticating as `user`.
     pub fn client(&self, user: &KubeconfigUser) -> Client {
         Client::new(self, user)
@@ -662,4 +694,20 @@ pub fn openssl(args: &[&str], stdin: &[u8]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns Some, for up to `WAIT`; panics with `what` and both logs.
+pub fn eventually<T>(
+    node: &super::Node,
+    api: &ApiServer,
+    what: &str,
+    f: impl FnMut() -> Option<T>,
+) -> T {
+    super::poll_until(WAIT, what, f, || {
+        format!(
+            "--- tinylet:\n{}\n--- apiserver:\n{}",
+            node.daemon_log_tail(40),
+            api.log_tail(30)
+        )
+    })
 }
