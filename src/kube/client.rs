@@ -223,10 +223,7 @@ impl ApiClient {
         if status >= 300 {
             return Err(status_error(status, resp.into_body()));
         }
-        Ok(WatchStream {
-            reader: BufReader::with_capacity(16 * 1024, resp.into_body().into_reader()),
-            line: Vec::new(),
-        })
+        Ok(WatchStream::from_reader(resp.into_body().into_reader()))
     }
 
     fn request(
@@ -342,11 +339,19 @@ pub struct WatchEvent {
 
 /// Events of a watch, one JSON object per line of the (chunked) response body.
 pub struct WatchStream {
-    reader: BufReader<ureq::BodyReader<'static>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     line: Vec<u8>,
 }
 
 impl WatchStream {
+    /// Decodes events from any byte stream (a response body; the fuzz targets' bytes).
+    pub fn from_reader(body: impl Read + Send + 'static) -> WatchStream {
+        WatchStream {
+            reader: BufReader::with_capacity(16 * 1024, Box::new(body)),
+            line: Vec::new(),
+        }
+    }
+
     /// The next event; `Ok(None)` when the server ended the stream cleanly.
     pub fn next_event(&mut self) -> Result<Option<WatchEvent>, ApiError> {
         loop {
