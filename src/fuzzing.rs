@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
+/// A fuzz target's body: any bytes in, a panic on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("pod_manifest", pod_manifest),
     ("kubeconfig", kubeconfig),
     ("watch_stream", watch_stream),
@@ -21,7 +24,10 @@ pub fn pod_manifest(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    for file in ["/etc/tinylet/manifests/pod.yaml", "/etc/tinylet/manifests/pod.json"] {
+    for file in [
+        "/etc/tinylet/manifests/pod.yaml",
+        "/etc/tinylet/manifests/pod.json",
+    ] {
         for result in crate::kubelet::manifest::parse_manifest(Path::new(file), text, "node-1") {
             match result {
                 Ok(pod) => {
@@ -46,7 +52,10 @@ pub fn kubeconfig(data: &[u8]) {
     match crate::kube::kubeconfig::parse(text, &base) {
         Ok(conn) => {
             assert!(conn.server.starts_with("https://") || conn.server.starts_with("http://"));
-            assert_eq!(conn.client_cert_pem.is_some(), conn.client_key_pem.is_some());
+            assert_eq!(
+                conn.client_cert_pem.is_some(),
+                conn.client_key_pem.is_some()
+            );
             assert!(!(conn.insecure_skip_tls_verify && conn.ca_pem.is_some()));
         }
         Err(e) => assert!(!e.is_empty()),
@@ -55,9 +64,8 @@ pub fn kubeconfig(data: &[u8]) {
 
 /// The body of a watch response: events until the end, an error, or a bounded number.
 pub fn watch_stream(data: &[u8]) {
-    let mut stream = crate::kube::client::WatchStream::from_reader(std::io::Cursor::new(
-        data.to_vec(),
-    ));
+    let mut stream =
+        crate::kube::client::WatchStream::from_reader(std::io::Cursor::new(data.to_vec()));
     // Each event consumes at least one byte, so this bound is never what stops a real input.
     for _ in 0..=data.len() {
         match stream.next_event() {
@@ -89,7 +97,10 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         let mut replayed = 0;
         for (name, target) in TARGETS {
-            for dir in [root.join("corpus").join(name), root.join("regressions").join(name)] {
+            for dir in [
+                root.join("corpus").join(name),
+                root.join("regressions").join(name),
+            ] {
                 let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;
                 };

@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::oci::{self, ConfigFile};
 use super::platform::{self, Platform};
-use super::registry::{parse_challenge, parse_manifest, ManifestDocument as Document, RegistryAuth};
+use super::registry::{
+    parse_challenge, parse_manifest, ManifestDocument as Document, RegistryAuth,
+};
 use super::unpack::{ExpectedLayer, Limits, Unpacker};
 
 /// A manifest or index as a registry serves it, under each content type a registry may claim;
@@ -22,7 +24,12 @@ pub(crate) fn manifest(data: &[u8]) {
     ] {
         match parse_manifest(data, content_type, "") {
             Ok(Document::Index(manifests)) => {
-                for want in ["linux/arm/v7", "linux/arm64", "linux/amd64", "windows/amd64"] {
+                for want in [
+                    "linux/arm/v7",
+                    "linux/arm64",
+                    "linux/amd64",
+                    "windows/amd64",
+                ] {
                     let want = Platform::parse(want).expect("a valid platform");
                     if let Ok(d) = platform::select(&manifests, &want) {
                         assert!(manifests.iter().any(|m| std::ptr::eq(m, d)));
@@ -30,7 +37,11 @@ pub(crate) fn manifest(data: &[u8]) {
                 }
             }
             Ok(Document::Image(m)) => {
-                let _ = m.layers.iter().map(|l| l.size).fold(0u64, u64::saturating_add);
+                let _ = m
+                    .layers
+                    .iter()
+                    .map(|l| l.size)
+                    .fold(0u64, u64::saturating_add);
             }
             Err(_) => {}
         }
