@@ -25,8 +25,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Any ordinary request: the kubelet's client uses no total timeout, but a hung API server must
 /// not hang a loop (the lease must be renewed well within its 40 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A LIST of every pod of a node, or any object, is far below this.
-const MAX_BODY: u64 = 64 << 20;
+/// A LIST of every pod of a node (110 pods), or any one object (etcd keeps them under 1.5 MiB),
+/// is far below this. The answer is buffered whole, so this is also the most memory one hostile
+/// or broken answer can take (it was 64 MiB: +64 MiB RSS against an oversized body).
+const MAX_BODY: u64 = 16 << 20;
 /// One watch event (one object) is far below this.
 const MAX_EVENT: usize = 16 << 20;
 /// How long client-go keeps a token file's content before reading it again.
@@ -238,6 +240,16 @@ impl ApiClient {
         let mut body = resp.into_body();
         if status >= 300 {
             return Err(status_error(status, body));
+        }
+        // An announced size over the cap is refused unread.
+        if let Some(len) = body.content_length().filter(|l| *l > MAX_BODY) {
+            return Err(ApiError::Decode(format!(
+                "{} {}: an answer of {} bytes (more than {} MiB)",
+                method,
+                path,
+                len,
+                MAX_BODY >> 20
+            )));
         }
         let bytes = body
             .with_config()
