@@ -353,7 +353,7 @@ fn orphans(
     let cgroups = pod_cgroups(&node.cgroup_root);
     let stray: Vec<_> = cgroups
         .iter()
-        .filter(|c| !uids.iter().any(|u| c.ends_with(&format!("pod{u}"))))
+        .filter(|c| !uids.iter().any(|u| c.ends_with(format!("pod{u}"))))
         .collect();
     if !stray.is_empty() {
         return Err(format!("cgroups of no pod: {stray:?}"));
