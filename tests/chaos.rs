@@ -191,8 +191,13 @@ fn chaos(node: &mut Node, api: &ApiServer, rng: &mut Rng, ops: u64, deadline: In
         }
         std::thread::sleep(Duration::from_millis(rng.below(250)));
         if rng.below(4) == 0 {
+            let pid = node.daemon_pid();
             node.kill9_daemon();
             round.kills += 1;
+            if let Some(holder) = lock_holder(&node.root) {
+                // tinylet waits for the lock at start-up; this only shows who held it.
+                eprintln!("chaos: after killing {pid}, tinylet.lock is held by {holder}");
+            }
             std::thread::sleep(Duration::from_millis(rng.below(200)));
             node.start_daemon();
         }
@@ -218,6 +223,35 @@ fn chaos(node: &mut Node, api: &ApiServer, rng: &mut Rng, ops: u64, deadline: In
         round.ops
     );
     d
+}
+
+/// The process holding the root dir's lock (from /proc/locks), with its command line.
+fn lock_holder(root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(root.join("tinylet.lock")).ok()?.ino();
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let hit = f.iter().any(|x| x.ends_with(&format!(":{ino}")));
+        hit.then(|| f.get(4).map(|p| p.to_string())).flatten()
+    })?;
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    Some(format!(
+        "{pid} ({}) name={} state={} ppid={}",
+        String::from_utf8_lossy(&cmd).replace('\0', " "),
+        field("Name:"),
+        field("State:"),
+        field("PPid:")
+    ))
 }
 
 /// Every desired pod once, in the state it should be in; nothing else on the node.

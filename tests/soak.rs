@@ -144,7 +144,10 @@ fn rss_fds_and_threads_stay_flat_under_restarts_and_probes() {
     let (rss0, rss1) = report("RSS", "KiB", &|s| s.rss_kib);
     let (fd0, fd1) = report("open fds", "fds", &|s| s.fds);
     let (th0, th1) = report("threads", "threads", &|s| s.threads);
-    assert!(restarts >= pods / 3, "the soak restarted only {restarts} containers");
+    assert!(
+        restarts >= pods / 3,
+        "the soak restarted only {restarts} containers"
+    );
     // Flat: what a probe or a restart holds for a moment may be in a sample, nothing more.
     assert!(fd1 <= fd0 + 4.0, "open fds grew from {fd0} to {fd1}");
     assert!(th1 <= th0 + 4.0, "threads grew from {th0} to {th1}");
