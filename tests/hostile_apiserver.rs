@@ -1,6 +1,6 @@
 //! A hostile control plane (issue 10, point 3). The API-server double answers tinylet's requests
 //! as a broken or hostile server would (`/_test/hostile`: slow, truncated, oversized, invalid
-//! JSON, the wrong content type, 5xx storms), and in a second test presents a certificate from a
+//! JSON, the wrong content type, 5xx storms, valid JSON of the wrong shape), and in a second test presents a certificate from a
 //! CA tinylet does not trust. Through all of it tinylet must keep its pods running (same
 //! containers, no restart), back off, never panic, keep its memory bounded, and recover once the
 //! server behaves.
@@ -120,10 +120,14 @@ fn a_hostile_control_plane_never_costs_a_running_pod() {
         "wrong-content-type",
         "truncated",
         "oversized",
+        "wrong-shape",
+        "empty-object",
         "slow",
     ] {
         api.clear_requests();
         api.hostile(mode, WINDOW.as_secs_f64(), "/");
+        // The open watch would shelter the pod source: it must LIST and WATCH again now.
+        api.close_watches();
         let end = Instant::now() + WINDOW;
         while Instant::now() < end {
             assert!(node.daemon_alive(), "tinylet died during {mode}");
@@ -144,13 +148,28 @@ fn a_hostile_control_plane_never_costs_a_running_pod() {
         assert_pods_untouched(&node, &containers, mode);
     }
 
+    // A LIST answered with `{}` (no items) is an error, not "no pods": reading it as an empty
+    // list would terminate every API pod of the node.
+    api.hostile("empty-object", 60.0, "/api/v1/pods");
+    api.close_watches();
+    poll_until(
+        Duration::from_secs(50),
+        "the {} LIST answer refused",
+        || node.daemon_log().contains("not a PodList").then_some(()),
+        || node.daemon_log_tail(30),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    api.hostile("", 0.0, "/");
+    assert_pods_untouched(&node, &containers, "a LIST without items");
+
     // The server behaves again: new work is done and reported, old pods were never restarted.
+    // Within the pod source's longest back-off (30 s) plus a start.
     api.create_pod(&api_pod("after", &node));
-    eventually(
-        &node,
-        &api,
+    poll_until(
+        Duration::from_secs(60),
         "a pod created afterwards reported Running",
         || reported_running(&api, "after"),
+        || node.daemon_log_tail(30),
     );
     let steady = api.pod("default", "steady").unwrap();
     assert_eq!(

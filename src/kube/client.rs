@@ -384,10 +384,20 @@ impl WatchStream {
             if self.line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let mut v: Value = serde_json::from_slice(&self.line)
+            let v: Value = serde_json::from_slice(&self.line)
                 .map_err(|e| ApiError::Decode(format!("a watch event: {}", e)))?;
-            let kind = v["type"].as_str().unwrap_or_default().to_string();
-            let object = v["object"].take();
+            // Any JSON may come (found by fuzzing: `1` made the indexing below panic).
+            let Value::Object(mut v) = v else {
+                return Err(ApiError::Decode(
+                    "a watch event that is not a JSON object".into(),
+                ));
+            };
+            let kind = v
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let object = v.remove("object").unwrap_or(Value::Null);
             if kind == "ERROR" {
                 return Err(ApiError::Status {
                     code: object["code"].as_u64().unwrap_or(500) as u16,

@@ -357,7 +357,8 @@ impl ApiServer {
 
     /// For the next `seconds`, every non-admin request whose path starts with `path_prefix` is
     /// answered as a broken control plane would: "slow" (12 s, then a hang-up), "truncated",
-    /// "oversized" (96 MiB), "invalid-json", "wrong-content-type", "5xx". `""` ends it.
+    /// "oversized" (96 MiB), "invalid-json", "wrong-content-type", "5xx", "wrong-shape" (a JSON
+    /// array), "empty-object" (`{}`). `""` ends it.
     pub fn hostile(&self, mode: &str, seconds: f64, path_prefix: &str) {
         self.test_post(&format!(
             "/_test/hostile?mode={mode}&seconds={seconds}&path={path_prefix}"

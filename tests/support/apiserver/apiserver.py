@@ -42,7 +42,8 @@ VERSION = {"major": "1", "minor": K8S_MINOR, "gitVersion": "v1.%s.0" % K8S_MINOR
            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc",
            "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": K8S_MINOR,
            "minCompatibilityMajor": "1", "minCompatibilityMinor": str(int(K8S_MINOR) - 1)}
-HOSTILE_MODES = ("slow", "truncated", "oversized", "invalid-json", "wrong-content-type", "5xx")
+HOSTILE_MODES = ("slow", "truncated", "oversized", "invalid-json", "wrong-content-type", "5xx",
+                 "wrong-shape", "empty-object")
 MAX_BODY = 3 * 1024 * 1024  # the real server's limit
 NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: expiry is the authenticator's call (401)
 
@@ -319,6 +320,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, b'{"kind":"PodList","items":[{"metadata":}]]\n{{{', "application/json")
         if mode == "wrong-content-type":
             return self.reply(200, b"<html><body><h1>Welcome to nginx!</h1></body></html>", "text/html")
+        if mode == "wrong-shape":  # valid JSON, not an object
+            return self.reply(200, b'[1, "two", null]', "application/json")
+        if mode == "empty-object":  # valid JSON, no kind, no items: not an empty PodList
+            return self.reply(200, b"{}", "application/json")
         if mode == "5xx":
             code = random.choice([500, 502, 503, 504])
             return self.reply(code, b"<html><body>upstream error</body></html>", "text/html")
