@@ -116,7 +116,13 @@ fn rss_fds_and_threads_stay_flat_under_restarts_and_probes() {
     let mut samples = Vec::new();
     while start.elapsed() < Duration::from_secs(secs) {
         assert!(node.daemon_alive(), "{}", node.daemon_log_tail(30));
-        samples.push(sample(pid, start));
+        let s = sample(pid, start);
+        // The series, for the long run's report (cargo test shows it with --nocapture).
+        eprintln!(
+            "soak sample: {:.0} s RSS {:.0} KiB, {:.0} fds, {:.0} threads",
+            s.at, s.rss_kib, s.fds, s.threads
+        );
+        samples.push(s);
         std::thread::sleep(interval);
     }
     samples.push(sample(pid, start));
