@@ -6,6 +6,8 @@ mod cli;
 mod clock;
 mod config;
 mod fsutil;
+#[cfg(any(test, fuzzing))]
+mod fuzzing;
 mod image;
 mod kube;
 mod kubelet;

@@ -689,20 +689,33 @@ fn eviction_settings(a: &Args, config: &Config) -> Result<kubelet::eviction::Set
 }
 
 /// One agent per root dir: an exclusive flock held for the daemon's life.
+///
+/// The lock is waited for a few seconds: right after the previous agent was SIGKILLed (and a
+/// supervisor restarts at once), a process it was forking may still hold a copy of the lock's
+/// descriptor until it execs, or the dying agent may not have closed its files yet (seen in
+/// scripts/chaos). A second agent that really runs holds it for longer and is refused.
 fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     let path = root.join("tinylet.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("opening {}: {}", path.display(), e))?;
-    let lock =
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-            format!(
-                "another tinylet is running with root dir {}",
-                root.display()
-            )
-        })?;
-    Ok(lock)
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("opening {}: {}", path.display(), e))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "another tinylet is running with root dir {}",
+                    root.display()
+                ))
+            }
+        }
+    }
 }

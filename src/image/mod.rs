@@ -51,6 +51,10 @@ mod whiteout;
 #[cfg(test)]
 mod testutil;
 
+/// Entry points for the fuzz targets (see src/fuzzing.rs); not in the binary.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
+
 use std::path::PathBuf;
 
 pub use error::ImageError;

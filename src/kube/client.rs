@@ -25,8 +25,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Any ordinary request: the kubelet's client uses no total timeout, but a hung API server must
 /// not hang a loop (the lease must be renewed well within its 40 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A LIST of every pod of a node, or any object, is far below this.
-const MAX_BODY: u64 = 64 << 20;
+/// A LIST of every pod of a node (110 pods), or any one object (etcd keeps them under 1.5 MiB),
+/// is far below this. The answer is buffered whole, so this is also the most memory one hostile
+/// or broken answer can take (it was 64 MiB: +64 MiB RSS against an oversized body).
+const MAX_BODY: u64 = 16 << 20;
 /// One watch event (one object) is far below this.
 const MAX_EVENT: usize = 16 << 20;
 /// How long client-go keeps a token file's content before reading it again.
@@ -223,10 +225,7 @@ impl ApiClient {
         if status >= 300 {
             return Err(status_error(status, resp.into_body()));
         }
-        Ok(WatchStream {
-            reader: BufReader::with_capacity(16 * 1024, resp.into_body().into_reader()),
-            line: Vec::new(),
-        })
+        Ok(WatchStream::from_reader(resp.into_body().into_reader()))
     }
 
     fn request(
@@ -241,6 +240,16 @@ impl ApiClient {
         let mut body = resp.into_body();
         if status >= 300 {
             return Err(status_error(status, body));
+        }
+        // An announced size over the cap is refused unread.
+        if let Some(len) = body.content_length().filter(|l| *l > MAX_BODY) {
+            return Err(ApiError::Decode(format!(
+                "{} {}: an answer of {} bytes (more than {} MiB)",
+                method,
+                path,
+                len,
+                MAX_BODY >> 20
+            )));
         }
         let bytes = body
             .with_config()
@@ -342,11 +351,19 @@ pub struct WatchEvent {
 
 /// Events of a watch, one JSON object per line of the (chunked) response body.
 pub struct WatchStream {
-    reader: BufReader<ureq::BodyReader<'static>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     line: Vec<u8>,
 }
 
 impl WatchStream {
+    /// Decodes events from any byte stream (a response body; the fuzz targets' bytes).
+    pub fn from_reader(body: impl Read + Send + 'static) -> WatchStream {
+        WatchStream {
+            reader: BufReader::with_capacity(16 * 1024, Box::new(body)),
+            line: Vec::new(),
+        }
+    }
+
     /// The next event; `Ok(None)` when the server ended the stream cleanly.
     pub fn next_event(&mut self) -> Result<Option<WatchEvent>, ApiError> {
         loop {
@@ -367,10 +384,20 @@ impl WatchStream {
             if self.line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let mut v: Value = serde_json::from_slice(&self.line)
+            let v: Value = serde_json::from_slice(&self.line)
                 .map_err(|e| ApiError::Decode(format!("a watch event: {}", e)))?;
-            let kind = v["type"].as_str().unwrap_or_default().to_string();
-            let object = v["object"].take();
+            // Any JSON may come (found by fuzzing: `1` made the indexing below panic).
+            let Value::Object(mut v) = v else {
+                return Err(ApiError::Decode(
+                    "a watch event that is not a JSON object".into(),
+                ));
+            };
+            let kind = v
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let object = v.remove("object").unwrap_or(Value::Null);
             if kind == "ERROR" {
                 return Err(ApiError::Status {
                     code: object["code"].as_u64().unwrap_or(500) as u16,

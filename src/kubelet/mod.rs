@@ -210,6 +210,7 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
             sets[&Source::File].pods.clone(),
         ));
     }
+    collect_recordless_pods(&ctx, &config, &wanted);
     collect_orphan_bundles(&ctx, &config);
     apply_desired(&ctx, &sets, &config, &tx, &mut workers, &mut queued)?;
 
@@ -363,6 +364,69 @@ fn spawn_worker(
 
 /// Bundles no container record points at (an agent killed between creating a bundle and saving
 /// its record) are removed at start-up.
+/// Pod directories without a pod record: a pod whose set-up a kill cut short (the record is
+/// saved once its containers started) and that no manifest names any more (an API pod's worker
+/// would make the record again; until then its containers cost a restart, as documented at the
+/// save). Nothing would ever adopt or terminate them, so what they hold goes now: containers,
+/// namespace pins and /dev/shm, the pod cgroup in any QoS class, logs, the directory.
+fn collect_recordless_pods(
+    ctx: &Context,
+    config: &Config,
+    wanted: &std::collections::HashSet<String>,
+) {
+    let Ok(entries) = std::fs::read_dir(store::pods_dir(&config.root_dir)) else {
+        return;
+    };
+    let rt = &ctx.runtime;
+    for e in entries.flatten() {
+        let uid = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        if wanted.contains(&uid) || !matches!(store::load_pod(&dir), Ok(None)) {
+            continue;
+        }
+        log::info!(
+            "pod directory {}: no pod record (its set-up was cut short); removing what it holds",
+            dir.display()
+        );
+        let records = std::fs::read_dir(dir.join("containers"))
+            .into_iter()
+            .flatten();
+        for r in records.flatten() {
+            if let Ok(Some(rec)) = fsutil::read_json::<store::ContainerRecord>(&r.path()) {
+                if let Some(a) = rec.current {
+                    let _ = rt.signal(&a.id, "KILL");
+                    if let Err(e) = rt.remove(&a.id) {
+                        log::error!("pod directory {}: {}", dir.display(), e);
+                    }
+                }
+            }
+        }
+        let mut result = crate::runtime::sandbox::remove(&dir).map_err(|e| e.to_string());
+        for qos in ["Guaranteed", "Burstable", "BestEffort"] {
+            let cgroup = rt.pod_cgroup(qos, &uid);
+            result = result.and_then(|_| {
+                rt.cgroups
+                    .remove_pod(&rt.cgroup_root, &cgroup)
+                    .map_err(|e| format!("cgroup {}: {}", cgroup, e))
+            });
+        }
+        let logs = std::fs::read_dir(&config.pod_log_dir).into_iter().flatten();
+        for l in logs.flatten() {
+            if l.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("_{}", uid))
+            {
+                let _ = fsutil::remove_dir_all_if_exists(&l.path());
+            }
+        }
+        if let Err(e) =
+            result.and_then(|_| fsutil::remove_dir_all_if_exists(&dir).map_err(|e| e.to_string()))
+        {
+            log::error!("pod directory {}: removing it: {}", dir.display(), e);
+        }
+    }
+}
+
 fn collect_orphan_bundles(ctx: &Context, config: &Config) {
     let referenced = store::referenced_containers(&config.root_dir);
     for id in ctx.runtime.list_bundles() {

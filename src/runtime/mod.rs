@@ -82,7 +82,9 @@ impl Runtime {
             spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
             spec["linux"]["cgroupsPath"] =
                 serde_json::json!(self.container_cgroup(req.qos_class, req.pod_uid, id));
-            fsutil::write_json_volatile(&bundle.join("config.json"), &spec)
+            // Root only: the spec holds the container's environment, Secret values included.
+            let data = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+            fsutil::write_volatile(&bundle.join("config.json"), &data, 0o600)
                 .map_err(|e| format!("writing config.json: {}", e))
         })();
         if result.is_err() {

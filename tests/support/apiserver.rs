@@ -387,6 +387,16 @@ impl ApiServer {
         ));
     }
 
+    /// For the next `seconds`, every non-admin request whose path starts with `path_prefix` is
+    /// answered as a broken control plane would: "slow" (12 s, then a hang-up), "truncated",
+    /// "oversized" (96 MiB), "invalid-json", "wrong-content-type", "5xx", "wrong-shape" (a JSON
+    /// array), "empty-object" (`{}`). `""` ends it.
+    pub fn hostile(&self, mode: &str, seconds: f64, path_prefix: &str) {
+        self.test_post(&format!(
+            "/_test/hostile?mode={mode}&seconds={seconds}&path={path_prefix}"
+        ));
+    }
+
     /// Validity of the certificates signed for CSRs from now on (or spec.expirationSeconds if less).
     pub fn set_cert_duration(&self, seconds: u64) {
         self.test_post(&format!("/_test/sign-with-duration?seconds={seconds}"));

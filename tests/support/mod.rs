@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
 pub mod apiserver;
+pub mod bad_registry;
 pub mod oci;
 pub mod registry;
 pub mod relay;

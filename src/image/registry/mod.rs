@@ -23,6 +23,13 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
+/// For the fuzz targets (src/image/fuzz.rs).
+#[cfg(any(test, fuzzing))]
+pub(crate) use {
+    challenge::parse as parse_challenge, manifest::parse as parse_manifest,
+    manifest::Document as ManifestDocument,
+};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

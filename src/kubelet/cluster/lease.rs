@@ -76,6 +76,15 @@ fn renew(
 
 /// `lease` (the server's copy, or `{}`) with this node's holder, duration, renew time and owner.
 fn desired(settings: &Settings, node_uid: &NodeUid, mut lease: Value) -> Value {
+    // The server's copy is outside input: indexing into a non-object would panic.
+    if !lease.is_object() {
+        lease = json!({});
+    }
+    for part in ["metadata", "spec"] {
+        if !lease[part].is_object() {
+            lease[part] = json!({});
+        }
+    }
     lease["apiVersion"] = json!("coordination.k8s.io/v1");
     lease["kind"] = json!("Lease");
     lease["metadata"]["name"] = json!(settings.node_name);

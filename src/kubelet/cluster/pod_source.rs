@@ -147,9 +147,15 @@ impl PodSource {
             .client
             .get(&format!("/api/v1/pods?fieldSelector={}", self.selector))?;
         let rv = resource_version(&list).unwrap_or_default().to_string();
-        let items = match list["items"].take() {
-            Value::Array(items) => items,
-            _ => Vec::new(),
+        // A PodList always has `items` (empty or not). Any other answer is refused rather than
+        // read as "no pods", which would terminate every API pod of the node.
+        let items = match list.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(ApiError::Decode(
+                    "the pod LIST answer is not a PodList (no items array)".into(),
+                ))
+            }
         };
         log::info!(
             "API server: {} pod(s) bound to this node (resourceVersion {})",
@@ -275,7 +281,8 @@ impl PodSource {
 /// Drops what tinylet never reads and a real API server sends with every object (managedFields
 /// alone is often larger than the rest of a pod).
 fn slim(pod: &mut Value) {
-    if let Some(meta) = pod["metadata"].as_object_mut() {
+    // get_mut, not indexing: a list item may be any JSON.
+    if let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
     }
 }

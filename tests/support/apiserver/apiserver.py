@@ -15,6 +15,7 @@ import argparse
 import collections
 import json
 import os
+import random
 import secrets
 import socket
 import ssl
@@ -41,6 +42,8 @@ VERSION = {"major": "1", "minor": K8S_MINOR, "gitVersion": "v1.%s.0" % K8S_MINOR
            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25.0", "compiler": "gc",
            "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": K8S_MINOR,
            "minCompatibilityMajor": "1", "minCompatibilityMinor": str(int(K8S_MINOR) - 1)}
+HOSTILE_MODES = ("slow", "truncated", "oversized", "invalid-json", "wrong-content-type", "5xx",
+                 "wrong-shape", "empty-object")
 MAX_BODY = 3 * 1024 * 1024  # the real server's limit
 NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: expiry is the authenticator's call (401)
 
@@ -67,6 +70,7 @@ class ApiServer(ThreadingHTTPServer):
         self.violations = Violations(self.log)
         self.requests = collections.deque(maxlen=20000)
         self.failures = []  # [status, remaining count, path prefix] from /_test/fail
+        self.hostile = None  # [mode, until (monotonic), path prefix] from /_test/hostile
         self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.tls.load_cert_chain(self.pki.path("server.crt"), self.pki.path("server.key"))
         self.tls.load_verify_locations(self.pki.path("ca.crt"))
@@ -101,6 +105,13 @@ class ApiServer(ThreadingHTTPServer):
                 if f[1] > 0 and path.startswith(f[2]):
                     f[1] -= 1
                     return f[0]
+        return None
+
+    def hostile_mode(self, path):
+        with self.store.cond:
+            h = self.hostile
+            if h and time.monotonic() < h[1] and path.startswith(h[2]):
+                return h[0]
         return None
 
     # ---- watch ----
@@ -192,6 +203,11 @@ class ApiServer(ThreadingHTTPServer):
                 self.failures = [f for f in self.failures if f[1] > 0]
                 self.failures.append([int(query.get("status", "503")), int(query.get("count", "1")),
                                       query.get("path", "/")])
+            elif path == "/_test/hostile":
+                mode, secs = query.get("mode", ""), float(query.get("seconds", "5"))
+                if mode and mode not in HOSTILE_MODES:
+                    raise ApiError(400, "unknown hostile mode %r" % mode)
+                self.hostile = [mode, time.monotonic() + secs, query.get("path", "/")] if mode else None
             elif path == "/_test/sign-with-duration":
                 self.hooks.cert_duration = int(query["seconds"])
             elif path == "/_test/token-users":
@@ -247,6 +263,9 @@ class Handler(BaseHTTPRequestHandler):
                                 srv.opts, srv.pki, self.pod_uid)
             if user is None:
                 raise ApiError(401, "Unauthorized")
+            mode = None if user.admin else srv.hostile_mode(url.path)
+            if mode:
+                return self.misbehave(mode)
             if url.path.startswith("/_test/"):
                 if not user.admin:
                     raise ApiError(403, "only admins may use the test endpoints")
@@ -277,6 +296,45 @@ class Handler(BaseHTTPRequestHandler):
                     srv.requests.append(entry)
             srv.log("%s %s %s user=%s ct=%s %dms" % (self.code, self.command, self.path, entry["user"],
                                                      entry["contentType"], entry["ms"]))
+
+    def misbehave(self, mode):
+        """Answers as a broken or hostile control plane would (/_test/hostile); admins are spared
+        so the test can still look. Raises DropConnection where the answer ends in a hang-up."""
+        if mode == "slow":  # longer than any client timeout, then nothing
+            time.sleep(12)
+            raise DropConnection()
+        if mode == "truncated":  # promises 4 KiB, sends the start of a PodList, hangs up
+            self.code = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4096")
+            self.end_headers()
+            self.wfile.write(b'{"kind":"PodList","apiVersion":"v1","items":[{"meta')
+            self.wfile.flush()
+            raise DropConnection()
+        if mode == "oversized":  # 96 MiB of a PodList that never closes (valid JSON so far)
+            self.code = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(96 << 20))
+            self.end_headers()
+            self.wfile.write(b'{"kind":"PodList","apiVersion":"v1","items":[')
+            chunk = b" " * (1 << 20)
+            for _ in range(96):
+                self.wfile.write(chunk)
+            raise DropConnection()
+        if mode == "invalid-json":
+            return self.reply(200, b'{"kind":"PodList","items":[{"metadata":}]]\n{{{', "application/json")
+        if mode == "wrong-content-type":
+            return self.reply(200, b"<html><body><h1>Welcome to nginx!</h1></body></html>", "text/html")
+        if mode == "wrong-shape":  # valid JSON, not an object
+            return self.reply(200, b'[1, "two", null]', "application/json")
+        if mode == "empty-object":  # valid JSON, no kind, no items: not an empty PodList
+            return self.reply(200, b"{}", "application/json")
+        if mode == "5xx":
+            code = random.choice([500, 502, 503, 504])
+            return self.reply(code, b"<html><body>upstream error</body></html>", "text/html")
+        raise ApiError(500, "unknown hostile mode %r" % mode)
 
     def pod_uid(self, ns, name):
         with self.server.store.cond:

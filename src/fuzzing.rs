@@ -1,0 +1,141 @@
+//! Entry points of the fuzz targets (fuzz/fuzz_targets/*.rs), one per parser that reads bytes
+//! from outside: each takes arbitrary bytes, must never panic, and checks what must hold whatever
+//! the input. Compiled only for the fuzz crate (`--cfg fuzzing`, which includes this file by
+//! path) and for the unit tests, which replay the committed corpus (fuzz/corpus/<target>/) on the
+//! stable toolchain so CI needs no nightly. Not part of the binary. See docs/FUZZING.md.
+
+use std::path::Path;
+
+/// A fuzz target's body: any bytes in, a panic on a broken invariant.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call them.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("pod_manifest", pod_manifest),
+    ("kubeconfig", kubeconfig),
+    ("watch_stream", watch_stream),
+    ("image_manifest", image_manifest),
+    ("layer_unpack", layer_unpack),
+];
+
+/// A static pod manifest as `tinylet run` reads one: YAML (several documents) and JSON.
+pub fn pod_manifest(data: &[u8]) {
+    // read_manifest_file refuses non-UTF-8 files before parsing.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for file in [
+        "/etc/tinylet/manifests/pod.yaml",
+        "/etc/tinylet/manifests/pod.json",
+    ] {
+        for result in crate::kubelet::manifest::parse_manifest(Path::new(file), text, "node-1") {
+            match result {
+                Ok(pod) => {
+                    assert!(!pod.name.is_empty() && !pod.uid.is_empty());
+                    assert!(!pod.spec.containers.is_empty(), "a pod without containers");
+                    // What the agent stores and echoes must serialize.
+                    serde_json::to_vec(&*pod.object).expect("a parsed pod serializes");
+                }
+                Err(e) => assert!(!e.message.is_empty(), "an error without a message"),
+            }
+        }
+    }
+}
+
+/// A kubeconfig. Relative file references resolve into an empty directory, so only the text is
+/// exercised (absolute ones name files of the machine running the fuzzer, which only read).
+pub fn kubeconfig(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let base = std::env::temp_dir().join("tinylet-fuzz-kubeconfig-empty");
+    match crate::kube::kubeconfig::parse(text, &base) {
+        Ok(conn) => {
+            assert!(conn.server.starts_with("https://") || conn.server.starts_with("http://"));
+            assert_eq!(
+                conn.client_cert_pem.is_some(),
+                conn.client_key_pem.is_some()
+            );
+            assert!(!(conn.insecure_skip_tls_verify && conn.ca_pem.is_some()));
+        }
+        Err(e) => assert!(!e.is_empty()),
+    }
+}
+
+/// The body of a watch response: events until the end, an error, or a bounded number.
+pub fn watch_stream(data: &[u8]) {
+    let mut stream =
+        crate::kube::client::WatchStream::from_reader(std::io::Cursor::new(data.to_vec()));
+    // Each event consumes at least one byte, so this bound is never what stops a real input.
+    for _ in 0..=data.len() {
+        match stream.next_event() {
+            Ok(Some(ev)) => assert_ne!(ev.kind, "ERROR", "ERROR events are errors"),
+            Ok(None) | Err(_) => return,
+        }
+    }
+    panic!("the watch decoder returned more events than the input has bytes");
+}
+
+/// A registry manifest or index (and the config blob and platform choice that follow).
+pub fn image_manifest(data: &[u8]) {
+    crate::image::fuzz::manifest(data);
+}
+
+/// One layer tarball unpacked into a fresh root: nothing may land outside it.
+pub fn layer_unpack(data: &[u8]) {
+    crate::image::fuzz::layer(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every committed corpus file (and every crash that was fixed, kept as a
+    /// regression input) through its target: the stable-toolchain half of the fuzzing.
+    #[test]
+    fn fuzz_corpus_replays_without_panics() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut replayed = 0;
+        for (name, target) in TARGETS {
+            for dir in [
+                root.join("corpus").join(name),
+                root.join("regressions").join(name),
+            ] {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let data = std::fs::read(entry.path()).unwrap();
+                    target(&data);
+                    replayed += 1;
+                }
+            }
+        }
+        assert!(replayed >= TARGETS.len(), "the fuzz corpus is missing");
+    }
+
+    /// The fuzz crate includes the sources by path and must declare the same top-level modules.
+    #[test]
+    fn fuzz_crate_mirrors_the_binarys_modules() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let main = std::fs::read_to_string(root.join("src/main.rs")).unwrap();
+        let fuzz = std::fs::read_to_string(root.join("fuzz/src/lib.rs")).unwrap();
+        for line in main.lines() {
+            if let Some(m) = line.strip_prefix("mod ").and_then(|l| l.strip_suffix(';')) {
+                assert!(
+                    fuzz.contains(&format!("pub mod {};", m)),
+                    "fuzz/src/lib.rs lacks `mod {}` (src/main.rs has it)",
+                    m
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn targets_take_empty_and_garbage_input() {
+        for (_, target) in TARGETS {
+            target(b"");
+            target(b"\xff\xfe{[---\n\0");
+        }
+    }
+}
