@@ -16,6 +16,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("watch_stream", watch_stream),
     ("image_manifest", image_manifest),
     ("layer_unpack", layer_unpack),
+    ("cni_result", cni_result),
 ];
 
 /// A static pod manifest as `tinylet run` reads one: YAML (several documents) and JSON.
@@ -84,6 +85,21 @@ pub fn image_manifest(data: &[u8]) {
 /// One layer tarball unpacked into a fresh root: nothing may land outside it.
 pub fn layer_unpack(data: &[u8]) {
     crate::image::fuzz::layer(data);
+}
+
+/// What a CNI plugin prints: a success result of any spec version (reduced to the pod's
+/// addresses) or an error result. Every address given back must be one.
+pub fn cni_result(data: &[u8]) {
+    let _ = crate::network::result::parse_error(data);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        for ip in crate::network::result::pod_ips(&v) {
+            assert!(
+                ip.parse::<std::net::IpAddr>().is_ok(),
+                "a pod IP that is not an address: {:?}",
+                ip
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,15 @@ pub mod kube;
 pub mod kubelet;
 #[path = "../../src/logging.rs"]
 pub mod logging;
+#[path = "../../src/network/mod.rs"]
+pub mod network;
+#[path = "../../src/proxy/mod.rs"]
+pub mod proxy;
 #[path = "../../src/runtime/mod.rs"]
 pub mod runtime;
 #[path = "../../src/server/mod.rs"]
 pub mod server;
+#[path = "../../src/stats/mod.rs"]
+pub mod stats;
 #[path = "../../src/tls.rs"]
 pub mod tls;
