@@ -186,8 +186,8 @@ impl PodWorker {
     }
 
     /// The services whose link variables the pod may get: the master service and, with
-    /// `enableServiceLinks`, the pod's namespace's. Read by LIST at each container start; out of
-    /// reach, the list kept from last time. With neither, a static pod starts without them, and
+    /// `enableServiceLinks`, the pod's namespace's. Read by LIST at container start (shared for
+    /// up to 30 s with the other pods); out of reach, the list kept from last time. With neither, a static pod starts without them, and
     /// so does an API pod when the API server is out of reach (its variables would point at a
     /// server the pod cannot reach anyway, and an edge pod must start offline); an API server that
     /// answers with an error holds an API pod, as the kubelet holds it until its service informer
@@ -199,14 +199,18 @@ impl PodWorker {
         cache: &mut EnvCache,
     ) -> Result<Vec<Service>, SpecError> {
         let ns = &self.pod.namespace;
+        // Through the node's short-lived object cache: pods started together share one LIST
+        // (the kubelet reads services from an informer, not per start).
+        let objects = &self.ctx.volume_objects;
         let listed = (|| -> Result<Vec<Service>, ApiError> {
             let mut out = Vec::new();
             if enable_links {
-                let list = api.get(&format!("/api/v1/namespaces/{}/services", escape(ns)))?;
+                let path = format!("/api/v1/namespaces/{}/services", escape(ns));
+                let list = objects.get(api, &path)?;
                 out.extend(items(&list).filter_map(Service::from_json));
             }
             if !(enable_links && ns == "default") {
-                match api.get("/api/v1/namespaces/default/services/kubernetes") {
+                match objects.get(api, "/api/v1/namespaces/default/services/kubernetes") {
                     Ok(s) => out.extend(Service::from_json(&s)),
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),

@@ -1,6 +1,7 @@
-//! configMaps and secrets read for volumes, shared by all pod workers for a short while: every
-//! API pod projects `kube-root-ca.crt`, and without sharing each pod's periodic re-read would be
-//! one more GET per pod per minute. This is the kubelet's TTL cache strategy for them (the
+//! configMaps and secrets read for volumes (and the Service list read for service-link
+//! variables), shared by all pod workers for a short while: every API pod projects
+//! `kube-root-ca.crt`, and without sharing each pod's periodic re-read would be one more GET per
+//! pod per minute. This is the kubelet's TTL cache strategy for them (the
 //! delay until a container sees an update is the sync period plus at most this TTL).
 
 use crate::kube::client::{ApiClient, ApiError};
