@@ -57,7 +57,7 @@ pub struct Settings {
     pub node_name: String,
     /// False: buffered copies instead of splice(2) (`TINYLET_PROXY_SPLICE=0`, for comparison).
     pub splice: bool,
-    /// Executor threads.
+    /// TCP threads (tcp.rs) and executor threads (UDP).
     pub threads: usize,
 }
 
@@ -80,7 +80,7 @@ pub fn start(client: Arc<ApiClient>, settings: Settings) -> Result<(), String> {
             .spawn(move || smol::block_on(executor.run(smol::future::pending::<()>())))
             .map_err(|e| format!("starting the proxy's threads: {}", e))?;
     }
-    let tcp = tcp::start(forward::Pool::new(settings.splice))
+    let tcp = tcp::start(settings.threads, settings.splice)
         .map_err(|e| format!("starting the proxy's TCP thread: {}", e))?;
     let shared = Arc::new(Shared { executor, tcp });
     let addresses = Arc::new(Mutex::new(Addresses::new(IpCommand)));

@@ -53,19 +53,26 @@ pub fn bind(addr: SocketAddrV4) -> io::Result<TcpListener> {
     Ok(l)
 }
 
-/// The way to the TCP thread, for the thread that opens and closes frontends.
+/// The way to the TCP threads, for the thread that opens and closes frontends.
 #[derive(Clone)]
-pub struct Handle(Arc<Inbox>);
+pub struct Handle(Arc<Threads>);
+
+struct Threads {
+    inboxes: Vec<Inbox>,
+    next_id: AtomicU64,
+}
 
 struct Inbox {
     commands: Mutex<Vec<Command>>,
     wake: EventFd,
-    next_id: AtomicU64,
 }
 
 enum Command {
-    Listen(u64, TcpListener, Arc<Balancer>),
-    /// Closed once the TCP thread has dropped the listener (so its port can be bound again).
+    /// Every thread serves every listener: an idle thread is woken for a new connection
+    /// (EPOLLEXCLUSIVE: only one of them).
+    Listen(u64, Arc<TcpListener>, Arc<Balancer>),
+    /// Answered once the thread has dropped the listener; it is closed when all have (so
+    /// its port can be bound again).
     Close(u64, mpsc::Sender<()>),
 }
 
@@ -80,16 +87,20 @@ impl Handle {
     /// Serves `listener` (from [`bind`]) with `balancer` until the result is dropped.
     pub fn serve(&self, listener: TcpListener, balancer: Arc<Balancer>) -> Listening {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Listen(id, listener, balancer));
+        let listener = Arc::new(listener);
+        for i in 0..self.0.inboxes.len() {
+            self.send(i, Command::Listen(id, listener.clone(), balancer.clone()));
+        }
         Listening {
             id,
             handle: self.clone(),
         }
     }
 
-    fn send(&self, c: Command) {
-        lock(&self.0.commands).push(c);
-        if let Err(e) = self.0.wake.write(1) {
+    fn send(&self, thread: usize, c: Command) {
+        let inbox = &self.0.inboxes[thread];
+        lock(&inbox.commands).push(c);
+        if let Err(e) = inbox.wake.write(1) {
             log::error!("proxy: waking the TCP thread: {}", e);
         }
     }
@@ -98,42 +109,64 @@ impl Handle {
 impl Drop for Listening {
     fn drop(&mut self) {
         let (tx, rx) = mpsc::channel();
-        self.handle.send(Command::Close(self.id, tx));
-        // The TCP thread answers within one turn of its loop; a frontend added again on the
-        // same address binds only once this one is closed.
-        let _ = rx.recv_timeout(Duration::from_secs(1));
+        let threads = self.handle.0.inboxes.len();
+        for i in 0..threads {
+            self.handle.send(i, Command::Close(self.id, tx.clone()));
+        }
+        // Each thread answers within one turn of its loop; a frontend added again on the same
+        // address binds only once this one is closed.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for _ in 0..threads {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                break;
+            }
+        }
     }
 }
 
-/// Starts the TCP thread, which forwards with `pool`.
-pub fn start(pool: Pool) -> io::Result<Handle> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-    epoll.add(
-        &wake,
-        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, WAKE),
-    )?;
-    let inbox = Arc::new(Inbox {
-        commands: Mutex::new(Vec::new()),
-        wake,
+/// Starts `threads` TCP threads, each with a pool of pipes (`splice`) or buffers.
+pub fn start(threads: usize, splice: bool) -> io::Result<Handle> {
+    let mut inboxes = Vec::new();
+    let mut epolls = Vec::new();
+    for _ in 0..threads.max(1) {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(
+            &wake,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, WAKE),
+        )?;
+        epolls.push(epoll);
+        inboxes.push(Inbox {
+            commands: Mutex::new(Vec::new()),
+            wake,
+        });
+    }
+    let handle = Handle(Arc::new(Threads {
+        inboxes,
         next_id: AtomicU64::new(0),
-    });
-    let mut l = Loop {
-        epoll,
-        inbox: inbox.clone(),
-        pool,
-        listeners: HashMap::new(),
-        conns: Slab::default(),
-        dials: Default::default(),
-        paused: Vec::new(),
-        again: Vec::new(),
-        warned: None,
-        starved: None,
-    };
-    std::thread::Builder::new()
-        .name("proxy-tcp".into())
-        .spawn(move || l.run())?;
-    Ok(Handle(inbox))
+    }));
+    for (thread, epoll) in epolls.into_iter().enumerate() {
+        let mut l = Loop {
+            epoll,
+            thread,
+            threads: handle.0.clone(),
+            pool: Pool::new(splice),
+            listeners: HashMap::new(),
+            conns: Slab::default(),
+            dials: Default::default(),
+            paused: Vec::new(),
+            again: Vec::new(),
+            warned: None,
+            starved: None,
+        };
+        std::thread::Builder::new()
+            .name(format!("proxy-tcp-{}", thread))
+            .spawn(move || l.run())?;
+    }
+    Ok(handle)
 }
 
 // Event tokens: the kind in the top two bits; for connections the slot's generation (so an
@@ -146,7 +179,7 @@ const ENDPOINT: u64 = 3 << 62;
 const KIND: u64 = 3 << 62;
 
 struct Listener {
-    sock: TcpListener,
+    sock: Arc<TcpListener>,
     balancer: Arc<Balancer>,
 }
 
@@ -179,7 +212,9 @@ enum Next {
 
 struct Loop {
     epoll: Epoll,
-    inbox: Arc<Inbox>,
+    /// This loop's inbox in `threads`.
+    thread: usize,
+    threads: Arc<Threads>,
     pool: Pool,
     listeners: HashMap<u64, Listener>,
     conns: Slab<Conn>,
@@ -292,13 +327,15 @@ impl Loop {
     }
 
     fn commands(&mut self) {
-        let _ = self.inbox.wake.read();
-        let commands = std::mem::take(&mut *lock(&self.inbox.commands));
+        let inbox = &self.threads.inboxes[self.thread];
+        let _ = inbox.wake.read();
+        let commands = std::mem::take(&mut *lock(&inbox.commands));
         for c in commands {
             match c {
                 Command::Listen(id, sock, balancer) => {
-                    let ev =
-                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, LISTENER | id);
+                    let flags =
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLET | EpollFlags::EPOLLEXCLUSIVE;
+                    let ev = EpollEvent::new(flags, LISTENER | id);
                     match self.epoll.add(&sock, ev) {
                         Ok(()) => {
                             self.listeners.insert(id, Listener { sock, balancer });
