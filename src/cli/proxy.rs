@@ -26,10 +26,13 @@ pub fn mode(a: &Args, cluster: bool) -> Result<Mode, String> {
 
 pub fn start(client: Arc<ApiClient>, node_name: &str) -> Result<(), String> {
     let splice = std::env::var("TINYLET_PROXY_SPLICE").as_deref() != Ok("0");
+    // One TCP thread per CPU by default, as HAProxy's nbthread: on a busy node the scheduler
+    // shares CPU time per thread, and a single-threaded proxy got a smaller share than the
+    // clients and servers around it (capped: more threads only cost memory on a device).
     let threads = std::env::var("TINYLET_PROXY_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
     proxy::start(
         client,
         proxy::Settings {

@@ -9,18 +9,13 @@
 //! (512 KiB asked, 64 KiB where refused), so one connection pins at most two of them while a
 //! peer is slow to read.
 
-use super::Shared;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
-use smol::Async;
-use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 
 /// What one read moves at most (the buffered copy).
 const CHUNK: usize = 64 * 1024;
@@ -28,7 +23,7 @@ const CHUNK: usize = 64 * 1024;
 /// allocated only while bytes are in it; where the kernel refuses (pipe-max-size, an
 /// unprivileged agent over its pipe quota) the pipe keeps its default 64 KiB.
 const PIPE_SIZE: usize = 512 * 1024;
-/// Chunks moved in a row before a direction yields to other tasks.
+/// Chunks moved in a row before a direction yields to other connections.
 const FAIR_CHUNKS: u32 = 16;
 /// Idle pipes and buffers kept for reuse; more are closed or freed when given back.
 const POOL_MAX: usize = 64;
@@ -142,152 +137,94 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Forwards both directions until both have ended (or one failed). A hand-written future
-/// rather than an async fn: it is the whole state of an established connection, about 150
-/// bytes, and waits with `poll_readable`/`poll_writable`, which keep one waker per direction in
-/// the socket's registration instead of allocating a waiter list: this is what keeps ten
-/// thousand idle connections within a few MiB.
-pub struct Forward {
-    client: Async<TcpStream>,
-    endpoint: Async<TcpStream>,
-    shared: Arc<Shared>,
-    up: Direction,
-    down: Direction,
+/// One socket of a proxied connection and what its edge-triggered registration last said:
+/// readable / writable until an operation returns EAGAIN, set again by the next event.
+pub struct Side {
+    pub sock: TcpStream,
+    pub readable: bool,
+    pub writable: bool,
 }
 
+impl Side {
+    pub fn new(sock: TcpStream) -> Side {
+        Side {
+            sock,
+            readable: false,
+            writable: false,
+        }
+    }
+}
+
+/// What a call to [`Direction::pump`] left to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Nothing to move until the next readiness event.
+    Wait,
+    /// `from` sent its FIN and everything before it was passed on.
+    Eof,
+    /// Still readable after `FAIR_CHUNKS` chunks: pump again after the other connections had
+    /// their turn (an edge-triggered registration will not report it again).
+    Busy,
+}
+
+/// One direction of a connection: the bytes read from one side and not yet written to the
+/// other. An idle direction holds nothing: the scratch is borrowed only while bytes move.
 #[derive(Default)]
-struct Direction {
-    /// Held only while bytes are on their way.
+pub struct Direction {
     scratch: Option<Scratch>,
-    done: bool,
-    /// Readability was waited for once: from then on it is asked before reading. (The first
-    /// read is tried at once: a client's request is usually there already, and registering
-    /// first would cost an epoll_ctl and a wake-up per connection.)
-    waited: bool,
-}
-
-impl Forward {
-    pub fn new(client: Async<TcpStream>, endpoint: Async<TcpStream>, shared: Arc<Shared>) -> Self {
-        Forward {
-            client,
-            endpoint,
-            shared,
-            up: Direction::default(),
-            down: Direction::default(),
-        }
-    }
-}
-
-impl Future for Forward {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Forward {
-            client,
-            endpoint,
-            shared,
-            up,
-            down,
-        } = self.get_mut();
-        let pool = &shared.pool;
-        for (dir, from, to) in [
-            (&mut *up, &*client, &*endpoint),
-            (&mut *down, &*endpoint, &*client),
-        ] {
-            if dir.done {
-                continue;
-            }
-            match dir.poll(from, to, pool, cx) {
-                Poll::Pending => {}
-                Poll::Ready(Ok(())) => {
-                    // EOF: pass the half-close on; the other direction carries on.
-                    dir.done = true;
-                    let _ = to.get_ref().shutdown(Shutdown::Write);
-                }
-                Poll::Ready(Err(e)) => {
-                    // A reset or error on one side ends the connection (both are closed on drop).
-                    log::debug!("proxy: connection ended: {}", e);
-                    let _ = from.get_ref().shutdown(Shutdown::Both);
-                    let _ = to.get_ref().shutdown(Shutdown::Both);
-                    return Poll::Ready(());
-                }
-            }
-        }
-        if up.done && down.done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        for dir in [&mut self.up, &mut self.down] {
-            if let Some(s) = dir.scratch.take() {
-                self.shared.pool.give(s);
-            }
-        }
-    }
+    pub done: bool,
 }
 
 impl Direction {
-    /// Moves bytes until EOF from `from` (Ready(Ok)), an error, or nothing to do (Pending).
-    fn poll(
-        &mut self,
-        from: &Async<TcpStream>,
-        to: &Async<TcpStream>,
-        pool: &Pool,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
+    /// Moves bytes from `from` to `to` as far as their readiness allows.
+    pub fn pump(&mut self, from: &mut Side, to: &mut Side, pool: &Pool) -> io::Result<Pumped> {
         let mut budget = FAIR_CHUNKS;
         loop {
-            let scratch = match &mut self.scratch {
-                Some(s) => s,
-                None if !self.waited => self.scratch.insert(pool.take()),
-                // Idle: bytes are waited for with nothing borrowed.
-                None => match from.poll_readable(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => self.scratch.insert(pool.take()),
-                },
-            };
-            while scratch.pending() > 0 {
-                match drain(scratch, to.get_ref()) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match to.poll_writable(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Ready(Ok(())) => {}
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+            if let Some(s) = &mut self.scratch {
+                while s.pending() > 0 {
+                    if !to.writable {
+                        return Ok(Pumped::Wait);
+                    }
+                    match drain(s, &to.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            if budget == 0 {
-                // A fast stream must not starve the other connections on this thread.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            if !from.readable || budget == 0 {
+                // Empty: give the scratch back while waiting.
+                if let Some(s) = self.scratch.take() {
+                    pool.give(s);
+                }
+                return Ok(if from.readable {
+                    Pumped::Busy
+                } else {
+                    Pumped::Wait
+                });
             }
             budget -= 1;
-            match fill(scratch, from.get_ref(), pool) {
+            let s = self.scratch.get_or_insert_with(|| pool.take());
+            match fill(s, &from.sock, pool) {
                 Ok(0) => {
                     if let Some(s) = self.scratch.take() {
                         pool.give(s);
                     }
-                    return Poll::Ready(Ok(()));
+                    return Ok(Pumped::Eof);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Drained: give the scratch back; the next turn waits for readability.
-                    if let Some(s) = self.scratch.take() {
-                        pool.give(s);
-                    }
-                    self.waited = true;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => from.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Gives a scratch held by a connection that is closing back to the pool.
+    pub fn release(&mut self, pool: &Pool) {
+        if let Some(s) = self.scratch.take() {
+            pool.give(s);
         }
     }
 }

@@ -4,7 +4,8 @@
 //! (forward.rs). docs/PROXY.md says why addresses on `lo` rather than iptables redirects.
 //!
 //! Threads: one per watch (blocking HTTP, like the rest of the agent), one "sync" thread that
-//! owns the table and the addresses, and the smol executor's threads, which own every socket.
+//! owns the table and the addresses, the TCP thread (tcp.rs: its own epoll loop, which owns
+//! every TCP socket) and the smol executor's threads (UDP frontends and the reconciler).
 //! A table change reaches the listeners as a message; balancers are updated in place, so
 //! established connections never notice an endpoint change.
 
@@ -56,14 +57,15 @@ pub struct Settings {
     pub node_name: String,
     /// False: buffered copies instead of splice(2) (`TINYLET_PROXY_SPLICE=0`, for comparison).
     pub splice: bool,
-    /// Executor threads.
+    /// TCP threads (tcp.rs) and executor threads (UDP).
     pub threads: usize,
 }
 
-/// What every connection task shares.
+/// What every frontend shares.
 pub struct Shared {
     pub executor: &'static Executor<'static>,
-    pub pool: forward::Pool,
+    /// The TCP thread (tcp.rs), which serves every TCP frontend.
+    pub tcp: tcp::Handle,
 }
 
 /// Starts the proxy's threads; returns once they run (the proxy then lives as long as the
@@ -78,10 +80,9 @@ pub fn start(client: Arc<ApiClient>, settings: Settings) -> Result<(), String> {
             .spawn(move || smol::block_on(executor.run(smol::future::pending::<()>())))
             .map_err(|e| format!("starting the proxy's threads: {}", e))?;
     }
-    let shared = Arc::new(Shared {
-        executor,
-        pool: forward::Pool::new(settings.splice),
-    });
+    let tcp = tcp::start(settings.threads, settings.splice)
+        .map_err(|e| format!("starting the proxy's TCP thread: {}", e))?;
+    let shared = Arc::new(Shared { executor, tcp });
     let addresses = Arc::new(Mutex::new(Addresses::new(IpCommand)));
     shutdown::on_signal({
         let addresses = addresses.clone();
@@ -231,13 +232,19 @@ fn upsert_slice(slices: &mut BTreeMap<Key, Slice>, key: Key, v: &serde_json::Val
     }
 }
 
+/// A frontend being served; dropping it closes the frontend.
+enum Serving {
+    Tcp(#[allow(dead_code)] tcp::Listening),
+    Udp(#[allow(dead_code)] Task<()>),
+}
+
 /// Applies each table: balancers updated in place, listeners opened and closed.
 async fn reconcile(
     tables: smol::channel::Receiver<(Arc<Table>, std::sync::mpsc::Sender<()>)>,
     shared: Arc<Shared>,
 ) {
     let mut balancers: HashMap<String, Arc<Balancer>> = HashMap::new();
-    let mut listeners: HashMap<Frontend, (String, Task<()>)> = HashMap::new();
+    let mut listeners: HashMap<Frontend, (String, Serving)> = HashMap::new();
     let mut current: Option<Arc<Table>> = None;
     // Frontends that could not listen: retried every second, reported once.
     let mut failed: HashSet<Frontend> = HashSet::new();
@@ -279,10 +286,9 @@ async fn reconcile(
                 continue;
             };
             let task = match f.protocol {
-                Protocol::Tcp => tcp::listen(f.addr)
-                    .map(|l| shared.executor.spawn(tcp::serve(l, b, shared.clone()))),
+                Protocol::Tcp => tcp::bind(f.addr).map(|l| Serving::Tcp(shared.tcp.serve(l, b))),
                 Protocol::Udp => udp::listen(f.addr)
-                    .map(|s| shared.executor.spawn(udp::serve(s, b, shared.clone()))),
+                    .map(|s| Serving::Udp(shared.executor.spawn(udp::serve(s, b, shared.clone())))),
             };
             match task {
                 Ok(t) => {
