@@ -364,8 +364,9 @@ fn spawn_worker(
 
 /// Bundles no container record points at (an agent killed between creating a bundle and saving
 /// its record) are removed at start-up.
-/// Pod directories without a pod record: a pod whose set-up a kill cut short (the record is
-/// saved once its containers started) and that no manifest names any more (an API pod's worker
+/// Pod directories without a pod record (and none set aside as corrupt): a pod whose set-up a
+/// kill cut short (the record is saved once its containers started) and that no manifest names
+/// any more (an API pod's worker
 /// would make the record again; until then its containers cost a restart, as documented at the
 /// save). Nothing would ever adopt or terminate them, so what they hold goes now: containers,
 /// namespace pins and /dev/shm, the pod cgroup in any QoS class, logs, the directory.
@@ -382,6 +383,20 @@ fn collect_recordless_pods(
         let uid = e.file_name().to_string_lossy().into_owned();
         let dir = e.path();
         if wanted.contains(&uid) || !matches!(store::load_pod(&dir), Ok(None)) {
+            continue;
+        }
+        // A record set aside as corrupt is not a cut-short set-up: its containers wait to be
+        // adopted when a source names the pod again (`store::set_aside_corrupt_records`).
+        let set_aside = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| {
+                f.file_name()
+                    .to_string_lossy()
+                    .starts_with("pod.json.corrupt-")
+            });
+        if set_aside {
             continue;
         }
         log::info!(
