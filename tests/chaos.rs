@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::apiserver::{ApiServer, KubeconfigUser};
+use support::apiserver::ApiServer;
 use support::*;
 
 /// xorshift64*: reproducible from the printed seed.
@@ -88,25 +88,7 @@ fn api_pod(name: &str, node: &Node) -> Value {
 }
 
 fn join(api: &ApiServer) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--node-status-update-frequency",
-            "1s",
-        ]
-        .map(String::from),
-    );
-    node.import_image();
-    node.start_daemon();
-    node
+    api.join_node(None, &["--node-status-update-frequency", "1s"])
 }
 
 /// Figures of one round, printed at the end.

@@ -11,44 +11,22 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::apiserver::{openssl, ApiServer, KubeconfigUser};
+use support::apiserver::{eventually, openssl, ApiServer};
 use support::*;
 
 /// Each misbehaviour lasts this long.
 const WINDOW: Duration = Duration::from_secs(6);
 
 fn join(api: &ApiServer) -> Node {
-    let mut node = Node::create();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
+    api.join_node(
+        None,
+        &[
             "--node-lease-duration-seconds",
             "4",
             "--node-status-update-frequency",
             "1s",
-        ]
-        .map(String::from),
-    );
-    node.import_image();
-    node.start_daemon();
-    node
-}
-
-fn eventually<T>(node: &Node, api: &ApiServer, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    poll_until(WAIT, what, f, || {
-        format!(
-            "--- tinylet:\n{}\n--- apiserver:\n{}",
-            node.daemon_log_tail(40),
-            api.log_tail(30)
-        )
-    })
+        ],
+    )
 }
 
 fn api_pod(name: &str, node: &Node) -> Value {
