@@ -3,7 +3,7 @@
 //! `/metrics` with the agent's process metrics, kubelet_* gauges and the cAdvisor-style
 //! per-container series (`container_*{container,namespace,pod}`).
 
-use super::{PodStats, Snapshot};
+use super::{ContainerStats, PodStats, Snapshot};
 use std::fmt::Write;
 
 /// One metric family being written.
@@ -62,95 +62,8 @@ fn start_secs(rfc3339: &str) -> Option<f64> {
     crate::clock::parse_rfc3339(rfc3339).map(|d| d.as_secs_f64())
 }
 
-fn pod_labels(p: &PodStats) -> [(&str, &str); 2] {
-    [("namespace", &p.namespace), ("pod", &p.name)]
-}
-
-/// `/metrics/resource`.
-pub fn resource(s: &Snapshot) -> String {
-    let mut o = Out {
-        text: String::new(),
-        ts: Some(s.at.as_millis()),
-    };
-    let n = &s.node;
-    let mut errors = n.cpu_ns.is_none() || n.memory.is_none();
-    o.family(
-        "container_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            match c.usage.cpu_ns {
-                Some(ns) => o.sample(
-                    "container_cpu_usage_seconds_total",
-                    &[
-                        ("container", &c.name),
-                        ("namespace", &p.namespace),
-                        ("pod", &p.name),
-                    ],
-                    secs(ns),
-                ),
-                None => errors = true,
-            }
-        }
-    }
-    o.family(
-        "container_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the container in bytes",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            if let Some(m) = c.usage.memory {
-                o.sample(
-                    "container_memory_working_set_bytes",
-                    &[
-                        ("container", &c.name),
-                        ("namespace", &p.namespace),
-                        ("pod", &p.name),
-                    ],
-                    m.working_set as f64,
-                );
-            }
-        }
-    }
-    o.family(
-        "container_start_time_seconds",
-        "gauge",
-        "[STABLE] Start time of the container since unix epoch in seconds",
-    );
-    for p in &s.pods {
-        for c in &p.containers {
-            if let Some(t) = start_secs(&c.started_at) {
-                o.sample(
-                    "container_start_time_seconds",
-                    &[
-                        ("container", &c.name),
-                        ("namespace", &p.namespace),
-                        ("pod", &p.name),
-                    ],
-                    t,
-                );
-            }
-        }
-    }
-    o.family(
-        "node_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
-    );
-    if let Some(ns) = n.cpu_ns {
-        o.sample("node_cpu_usage_seconds_total", &[], secs(ns));
-    }
-    o.family(
-        "node_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the node in bytes",
-    );
-    if let Some(m) = n.memory {
-        o.sample("node_memory_working_set_bytes", &[], m.working_set as f64);
-    }
+/// The two pod families both endpoints carry: CPU time and working set.
+fn pod_usage(o: &mut Out, s: &Snapshot) {
     o.family(
         "pod_cpu_usage_seconds_total",
         "counter",
@@ -175,6 +88,90 @@ pub fn resource(s: &Snapshot) -> String {
             );
         }
     }
+}
+
+fn container_labels<'a>(p: &'a PodStats, c: &'a ContainerStats) -> [(&'static str, &'a str); 3] {
+    [
+        ("container", &c.name),
+        ("namespace", &p.namespace),
+        ("pod", &p.name),
+    ]
+}
+
+fn pod_labels(p: &PodStats) -> [(&str, &str); 2] {
+    [("namespace", &p.namespace), ("pod", &p.name)]
+}
+
+/// `/metrics/resource`.
+pub fn resource(s: &Snapshot) -> String {
+    let mut o = Out {
+        text: String::new(),
+        ts: Some(s.at.as_millis()),
+    };
+    let n = &s.node;
+    let mut errors = n.cpu_ns.is_none() || n.memory.is_none();
+    o.family(
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+    );
+    for p in &s.pods {
+        for c in &p.containers {
+            match c.usage.cpu_ns {
+                Some(ns) => o.sample(
+                    "container_cpu_usage_seconds_total",
+                    &container_labels(p, c),
+                    secs(ns),
+                ),
+                None => errors = true,
+            }
+        }
+    }
+    o.family(
+        "container_memory_working_set_bytes",
+        "gauge",
+        "[STABLE] Current working set of the container in bytes",
+    );
+    for p in &s.pods {
+        for c in &p.containers {
+            if let Some(m) = c.usage.memory {
+                o.sample(
+                    "container_memory_working_set_bytes",
+                    &container_labels(p, c),
+                    m.working_set as f64,
+                );
+            }
+        }
+    }
+    o.family(
+        "container_start_time_seconds",
+        "gauge",
+        "[STABLE] Start time of the container since unix epoch in seconds",
+    );
+    for p in &s.pods {
+        for c in &p.containers {
+            if let Some(t) = start_secs(&c.started_at) {
+                o.sample("container_start_time_seconds", &container_labels(p, c), t);
+            }
+        }
+    }
+    o.family(
+        "node_cpu_usage_seconds_total",
+        "counter",
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+    );
+    if let Some(ns) = n.cpu_ns {
+        o.sample("node_cpu_usage_seconds_total", &[], secs(ns));
+    }
+    o.family(
+        "node_memory_working_set_bytes",
+        "gauge",
+        "[STABLE] Current working set of the node in bytes",
+    );
+    if let Some(m) = n.memory {
+        o.sample("node_memory_working_set_bytes", &[], m.working_set as f64);
+    }
+    pod_usage(&mut o, s);
     // The kubelet writes these two without a timestamp.
     o.ts = None;
     let e = if errors { 1.0 } else { 0.0 };
@@ -258,7 +255,7 @@ pub fn metrics(s: &Snapshot, evictions: &std::collections::BTreeMap<&'static str
     if let Some(m) = n.memory {
         o.sample("node_memory_working_set_bytes", &[], m.working_set as f64);
     }
-    type Get = fn(&super::ContainerStats) -> Option<f64>;
+    type Get = fn(&ContainerStats) -> Option<f64>;
     let series: [(&str, &str, &str, Get); 6] = [
         ("container_cpu_usage_seconds_total", "counter",
          "Cumulative cpu time consumed in seconds.", |c| c.usage.cpu_ns.map(secs)),
@@ -324,30 +321,7 @@ pub fn metrics(s: &Snapshot, evictions: &std::collections::BTreeMap<&'static str
             }
         }
     }
-    o.family(
-        "pod_cpu_usage_seconds_total",
-        "counter",
-        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
-    );
-    for p in &s.pods {
-        if let Some(ns) = p.usage.cpu_ns {
-            o.sample("pod_cpu_usage_seconds_total", &pod_labels(p), secs(ns));
-        }
-    }
-    o.family(
-        "pod_memory_working_set_bytes",
-        "gauge",
-        "[STABLE] Current working set of the pod in bytes",
-    );
-    for p in &s.pods {
-        if let Some(m) = p.usage.memory {
-            o.sample(
-                "pod_memory_working_set_bytes",
-                &pod_labels(p),
-                m.working_set as f64,
-            );
-        }
-    }
+    pod_usage(&mut o, s);
     o.family(
         "pod_ephemeral_storage_usage_bytes",
         "gauge",
