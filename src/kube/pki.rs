@@ -154,37 +154,7 @@ impl KeyPair {
     /// attribute, in that order), signed ecdsa-with-SHA256, with no extensions: what
     /// client-go's bootstrap sends for a node client certificate.
     pub fn csr_pem(&self, common_name: &str, organizations: &[&str]) -> Result<String, PkiError> {
-        if common_name.is_empty() {
-            return Err(PkiError::Invalid(
-                "certificate request: empty common name".into(),
-            ));
-        }
-        let mut info = Writer::new();
-        info.sequence(|w| {
-            w.integer(0);
-            w.sequence(|w| {
-                rdn(w, OID_CN, common_name);
-                for o in organizations {
-                    rdn(w, OID_O, o);
-                }
-            });
-            w.raw(&self.spki_der());
-            // attributes [0] IMPLICIT SET: PKCS#10 makes it mandatory even when empty.
-            w.context(0, |_| {});
-        });
-        let info = info.into_bytes();
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), &info)
-            .map_err(|_| PkiError::Crypto("signing the certificate request failed"))?;
-        let mut csr = Writer::new();
-        csr.sequence(|w| {
-            w.raw(&info);
-            // RFC 5758: the ECDSA AlgorithmIdentifiers have no parameters, not even NULL.
-            w.sequence(|w| w.oid(OID_ECDSA_SHA256));
-            w.bit_string(sig.as_ref());
-        });
-        Ok(pem_encode("CERTIFICATE REQUEST", &csr.into_bytes()))
+        super::x509::csr(self, common_name, organizations, None)
     }
 
     /// An ecdsa-with-SHA256 signature (ASN.1 DER) of `data`.
@@ -207,7 +177,7 @@ impl KeyPair {
         dns: &[String],
         ips: &[std::net::IpAddr],
     ) -> Result<String, PkiError> {
-        super::x509::csr_with_sans(self, common_name, organizations, dns, ips)
+        super::x509::csr(self, common_name, organizations, Some((dns, ips)))
     }
 }
 

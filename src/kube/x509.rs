@@ -26,20 +26,21 @@ const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 const OID_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
 const BOOLEAN: u8 = 0x01;
 
-/// See `KeyPair::csr_pem_with_sans`.
-pub(super) fn csr_with_sans(
+/// A PKCS#10 request for `CN=common_name, O=...` signed ecdsa-with-SHA256: with `sans`, a
+/// subjectAltName extension request (`KeyPair::csr_pem_with_sans`); without, no attributes
+/// (`KeyPair::csr_pem`).
+pub(super) fn csr(
     key: &KeyPair,
     common_name: &str,
     organizations: &[&str],
-    dns: &[String],
-    ips: &[IpAddr],
+    sans: Option<(&[String], &[IpAddr])>,
 ) -> Result<String, PkiError> {
     if common_name.is_empty() {
         return Err(PkiError::Invalid(
             "certificate request: empty common name".into(),
         ));
     }
-    if dns.is_empty() && ips.is_empty() {
+    if sans.is_some_and(|(dns, ips)| dns.is_empty() && ips.is_empty()) {
         return Err(PkiError::Invalid(
             "certificate request: a serving certificate needs a DNS name or an IP address".into(),
         ));
@@ -54,11 +55,14 @@ pub(super) fn csr_with_sans(
             }
         });
         w.raw(&key.spki_der());
+        // attributes [0] IMPLICIT SET: PKCS#10 makes it mandatory even when empty.
         w.context(0, |w| {
-            w.sequence(|w| {
-                w.oid(OID_EXTENSION_REQUEST);
-                w.set(|w| w.sequence(|w| san_extension(w, dns, ips)));
-            })
+            if let Some((dns, ips)) = sans {
+                w.sequence(|w| {
+                    w.oid(OID_EXTENSION_REQUEST);
+                    w.set(|w| w.sequence(|w| san_extension(w, dns, ips)));
+                })
+            }
         });
     });
     let info = info.into_bytes();
