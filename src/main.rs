@@ -1,6 +1,7 @@
 //! tinylet: a Kubernetes node agent for edge devices — kubelet, runc driver and (later) service
 //! proxy in one small static binary. See docs/ARCHITECTURE.md for the module map.
 
+mod ballast;
 mod base64;
 mod cli;
 mod clock;

@@ -547,13 +547,37 @@ fn sleeper(name: &str) -> String {
 fn a_full_disk_fails_new_pods_clearly_and_recovers_when_space_returns() {
     let mut node = node_on_tmpfs("64m");
     node.write_manifest("before.yaml", &sleeper("before"));
+    // A run-once container that exits while the disk is full.
+    let exits = pod_manifest("exits")
+        .container("c", "sleep 5; exit 3")
+        .restart_policy("Never")
+        .yaml();
+    node.write_manifest("exits.yaml", &exits);
     let before = container_id(&node.wait_running("before"), "c");
+    node.wait_running("exits");
 
     let filler = fill(&node.root);
     node.write_manifest("during.yaml", &sleeper("during"));
-    // The new pod cannot be set up: a clear error, in the log and in its status.
+    // The new pod cannot be set up: a clear error, in the log and in its status, which `ps`
+    // lists (its records are written with the space the disk ballast kept back).
     let line = wait_log(&node, "No space left on device");
-    eprintln!("full disk: {line}\n{}", node.ps_table());
+    let during = node.wait_pod("during", "listed with why it cannot start", |p| {
+        p["status"]["phase"] == "Pending"
+            && cstatus(p, "c")["state"]["waiting"]["reason"] == "ContainerCreating"
+            && p["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("No space left on device"))
+    });
+    eprintln!(
+        "full disk: {line}\n{}\n{}",
+        node.ps_table(),
+        during["status"]
+    );
+    // The exit code of a container that ended on the full disk is not lost.
+    node.wait_pod("exits", "its exit code 3 recorded", |p| {
+        cstatus(p, "c")["state"]["terminated"]["exitCode"] == 3
+    });
+    assert!(node.daemon_log().contains("spent the disk ballast"));
     // A restart on a full disk: tinylet comes up and adopts the running pod.
     node.restart_daemon();
     std::thread::sleep(Duration::from_secs(2));
@@ -563,6 +587,10 @@ fn a_full_disk_fails_new_pods_clearly_and_recovers_when_space_returns() {
 
     fs::remove_file(filler).unwrap();
     let during = node.wait_running("during");
+    // The ballast is whole again once space returned.
+    node.wait_for(WAIT, "the ballast to be whole again", |n| {
+        fs::metadata(n.root.join("ballast")).is_ok_and(|m| m.len() == 1 << 20)
+    });
     assert_eq!(
         container_id(&node.wait_running("before"), "c"),
         before,

@@ -51,6 +51,8 @@ fn manifest(i: u64) -> String {
 struct Sample {
     at: f64,
     rss_kib: f64,
+    /// The private part of RSS (heap, stacks); the rest is the binary's shared, file-backed text.
+    anon_kib: f64,
     fds: f64,
     threads: f64,
 }
@@ -71,6 +73,7 @@ fn sample(pid: u32, start: Instant) -> Sample {
     Sample {
         at: start.elapsed().as_secs_f64(),
         rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
         fds: fds as f64,
         threads: field("Threads:"),
     }
@@ -119,8 +122,8 @@ fn rss_fds_and_threads_stay_flat_under_restarts_and_probes() {
         let s = sample(pid, start);
         // The series, for the long run's report (cargo test shows it with --nocapture).
         eprintln!(
-            "soak sample: {:.0} s RSS {:.0} KiB, {:.0} fds, {:.0} threads",
-            s.at, s.rss_kib, s.fds, s.threads
+            "soak sample: {:.0} s RSS {:.0} KiB (anonymous {:.0} KiB), {:.0} fds, {:.0} threads",
+            s.at, s.rss_kib, s.anon_kib, s.fds, s.threads
         );
         samples.push(s);
         std::thread::sleep(interval);
@@ -148,6 +151,7 @@ fn rss_fds_and_threads_stay_flat_under_restarts_and_probes() {
         samples.len()
     );
     let (rss0, rss1) = report("RSS", "KiB", &|s| s.rss_kib);
+    report("anonymous RSS", "KiB", &|s| s.anon_kib);
     let (fd0, fd1) = report("open fds", "fds", &|s| s.fds);
     let (th0, th1) = report("threads", "threads", &|s| s.threads);
     assert!(

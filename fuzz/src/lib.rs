@@ -5,6 +5,8 @@
 #![allow(dead_code, unused_imports, unused_macros, unused_variables)]
 #![allow(clippy::all)]
 
+#[path = "../../src/ballast.rs"]
+pub mod ballast;
 #[path = "../../src/base64.rs"]
 pub mod base64;
 #[path = "../../src/cli/mod.rs"]

@@ -89,6 +89,7 @@ pub struct ClusterMode {
 pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> Result<(), String> {
     let ctx = Arc::new(ctx);
     fsutil::ensure_dir(&store::pods_dir(&config.root_dir)).map_err(|e| e.to_string())?;
+    crate::ballast::install(crate::ballast::path(&config.root_dir));
     image_gc::start(
         ctx.clone(),
         config.root_dir.clone(),
@@ -214,7 +215,20 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
     collect_orphan_bundles(&ctx, &config);
     apply_desired(&ctx, &sets, &config, &tx, &mut workers, &mut queued)?;
 
-    for event in rx {
+    // The disk ballast is topped up now and then: a node whose pods are steady writes no records.
+    const BALLAST_CHECK: Duration = Duration::from_secs(30);
+    let mut ballast_checked = std::time::Instant::now();
+    loop {
+        let event = rx.recv_timeout(BALLAST_CHECK);
+        if ballast_checked.elapsed() >= BALLAST_CHECK {
+            crate::ballast::maintain();
+            ballast_checked = std::time::Instant::now();
+        }
+        let event = match event {
+            Ok(event) => event,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match event {
             Event::Desired(source, set) => {
                 if source == Source::File {
@@ -272,7 +286,9 @@ fn apply_desired(
         .flatten()
         .is_some_and(|old| old == errors);
     if !unchanged {
-        if let Err(e) = fsutil::write_json_volatile(&errors_file, &errors) {
+        if let Err(e) = crate::ballast::write_or_spend(&errors_file.display(), || {
+            fsutil::write_json_volatile(&errors_file, &errors)
+        }) {
             log::error!("saving manifest errors: {}", e);
         }
     }

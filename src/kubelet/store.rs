@@ -6,8 +6,8 @@
 //!   <root>/pods/<uid>/containers/<name>.json   restart count, current container, back-off, last state
 
 use super::backoff::Backoff;
-use crate::fsutil;
 use crate::kube::types::{PodStatus, StateTerminated, StateWaiting};
+use crate::{ballast, fsutil};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -77,7 +77,11 @@ pub fn pods_dir(root: &Path) -> PathBuf {
 }
 
 pub fn save_pod(dir: &Path, rec: &PodRecord) -> std::io::Result<()> {
-    fsutil::write_json_atomic(&dir.join("pod.json"), rec)
+    let path = dir.join("pod.json");
+    ballast::write_or_spend(&path.display(), || {
+        fsutil::ensure_dir(dir)?;
+        fsutil::write_json_atomic(&path, rec)
+    })
 }
 
 pub fn load_pod(dir: &Path) -> std::io::Result<Option<PodRecord>> {
@@ -86,7 +90,10 @@ pub fn load_pod(dir: &Path) -> std::io::Result<Option<PodRecord>> {
 
 pub fn save_status(dir: &Path, status: &PodStatus) -> std::io::Result<()> {
     // Derived from the other records: recomputed on start-up, so no fsync.
-    fsutil::write_json_volatile(&dir.join("status.json"), status)
+    let path = dir.join("status.json");
+    ballast::write_or_spend(&path.display(), || {
+        fsutil::write_json_volatile(&path, status)
+    })
 }
 
 pub fn load_status(dir: &Path) -> Option<PodStatus> {
@@ -95,11 +102,14 @@ pub fn load_status(dir: &Path) -> Option<PodStatus> {
 
 pub fn save_container(dir: &Path, rec: &ContainerRecord) -> std::io::Result<()> {
     let cdir = dir.join("containers");
-    fsutil::ensure_dir(&cdir)?;
+    let path = cdir.join(format!("{}.json", rec.name));
     // Atomic but not fsync'd: it is written on every start and exit, right while runc works,
     // and a power cut that loses the last write also took the container it describes (the
     // restart count may then be one short). pod.json, which says what to run, is durable.
-    fsutil::write_json_volatile(&cdir.join(format!("{}.json", rec.name)), rec)
+    ballast::write_or_spend(&path.display(), || {
+        fsutil::ensure_dir(&cdir)?;
+        fsutil::write_json_volatile(&path, rec)
+    })
 }
 
 pub fn load_container(dir: &Path, name: &str) -> Option<ContainerRecord> {

@@ -64,7 +64,10 @@ impl Exited {
             self.finished_at,
             self.start_error.as_deref().map(json_string).unwrap_or_else(|| "null".into())
         );
-        fsutil::write_volatile(&bundle.join("exit.json"), json.as_bytes(), 0o644)
+        let path = bundle.join("exit.json");
+        crate::ballast::write_or_spend(&path.display(), || {
+            fsutil::write_volatile(&path, json.as_bytes(), 0o644)
+        })
     }
 }
 
@@ -153,6 +156,10 @@ pub fn main(args: ShimArgs) -> i32 {
         }
     }
     let _ = nix::unistd::setsid();
+    // The exit record must not be lost to a full disk: the agent's ballast is spent for it.
+    if let Some(ballast) = crate::ballast::path_for_bundle(&args.bundle) {
+        crate::ballast::use_existing(ballast);
+    }
     let code = match monitor(&args) {
         Ok(()) => 0,
         Err(e) => {

@@ -30,8 +30,13 @@ pub const IMAGE: &str = "127.0.0.1:1/tinylet/busybox:1.36";
 /// machine can be very slow); assertions check the values, this only bounds the waiting.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The tinylet binary under test: cargo's build of this crate, or `TINYLET_BIN` (scripts/soak
+/// `--release` runs the soak against the static release binary, as shipped).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tinylet")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TINYLET_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tinylet").to_string())
+    })
 }
 
 static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);

@@ -82,6 +82,9 @@ pub struct PodWorker {
     volumes: Option<volumes::PodVolumes>,
     /// The status was handed to the API sync at least once since this worker started.
     status_announced: bool,
+    /// The published status could not be written to status.json (a full or read-only disk):
+    /// every sync tries again.
+    status_unsaved: bool,
     /// Probe schedules and results, per container.
     probes: Vec<probes::ContainerProbes>,
     /// The thread HTTP and TCP probes dial from, in the pod's network namespace.
@@ -170,6 +173,7 @@ impl PodWorker {
             wake,
             volumes: None,
             status_announced: false,
+            status_unsaved: false,
             probes: (0..n).map(|_| Default::default()).collect(),
             dialer: None,
             pod_ips: Vec::new(),
@@ -272,9 +276,7 @@ impl PodWorker {
         // After the containers were started: a crash before this only costs a restart of them
         // (their bundles are then orphans and collected), and it keeps an fsync off the start path.
         if self.record_dirty {
-            match fsutil::ensure_dir(&self.dir)
-                .and_then(|_| store::save_pod(&self.dir, &self.record))
-            {
+            match store::save_pod(&self.dir, &self.record) {
                 Ok(()) => self.record_dirty = false,
                 Err(e) => log::error!("pod {}: saving pod record: {}", self.pod.full_name(), e),
             }

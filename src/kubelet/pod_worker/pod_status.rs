@@ -6,8 +6,9 @@ impl PodWorker {
     pub(super) fn container_status(&self, i: usize) -> ContainerStatus {
         let c = self.spec_container(i);
         let rec = &self.containers[i];
-        // Containers whose turn has not come show PodInitializing, as the kubelet's.
-        let turn = self.record.initialized || self.init_turn() == Some(i);
+        // Containers whose turn has not come show PodInitializing, as the kubelet's; with no init
+        // containers, every container's turn has come (ContainerCreating while the sandbox fails).
+        let turn = self.record.initialized || self.n_init == 0 || self.init_turn() == Some(i);
         let creating = || StateWaiting {
             reason: Some(
                 if turn {
@@ -146,6 +147,9 @@ impl PodWorker {
             qos_class: Some(status::qos_class(&self.pod.spec).into()),
         };
         if self.published.as_ref() == Some(&st) {
+            if self.status_unsaved {
+                self.save_status(&st);
+            }
             // A restarted agent still tells the API server once: it may have missed the last one.
             if !self.status_announced {
                 self.status_announced = true;
@@ -159,13 +163,22 @@ impl PodWorker {
         if self.published.as_ref().map(|p| p.phase.as_str()) != Some(phase) {
             log::info!("pod {}: phase {}", self.pod.full_name(), phase);
         }
-        if let Err(e) = store::save_status(&self.dir, &st) {
-            log::error!("pod {}: saving status: {}", self.pod.full_name(), e);
-        }
+        self.save_status(&st);
         if let Some(link) = self.ctx.cluster.get() {
             link.pod_status(&self.pod, &st);
         }
         self.published = Some(st);
+    }
+
+    fn save_status(&mut self, st: &PodStatus) {
+        let result = store::save_status(&self.dir, st);
+        if let Err(e) = &result {
+            // Once per failure, not once per sync.
+            if !self.status_unsaved {
+                log::error!("pod {}: saving status: {}", self.pod.full_name(), e);
+            }
+        }
+        self.status_unsaved = result.is_err();
     }
 
     /// The first init container that has not gone through yet (completed; a sidecar: started).
