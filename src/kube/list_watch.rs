@@ -125,7 +125,9 @@ pub fn run(api: &(impl Api + ?Sized), what: &str, path: &str, handler: &mut impl
         loop {
             match watch(api, path, &mut rv, handler) {
                 Ok(End::Stop) => return,
-                Ok(End::Closed) => delay.reset(),
+                // The server's timeout: watch again from `rv` (the delay is still reset, as
+                // every watch follows a LIST that answered).
+                Ok(End::Closed) => {}
                 Err(e) if e.is_expired() => {
                     log::info!("watch of {}: {}; listing again", what, e);
                     break;
