@@ -3,6 +3,7 @@
 pub mod client;
 pub mod der;
 pub mod kubeconfig;
+pub mod list_watch;
 pub mod patch;
 pub mod pki;
 pub mod quantity;

@@ -20,6 +20,8 @@ pub mod offline;
 pub mod pod_source;
 
 use crate::kube::client::ApiClient;
+/// The API back-off (800 ms doubling to 30 s) of the bootstrap and the LIST+WATCH loop.
+pub use crate::kube::list_watch::RetryDelay;
 use crate::kube::types::PodStatus;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,28 +135,4 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
         .spawn(f)
         .map(drop)
         .map_err(|e| format!("starting the {} thread: {}", name, e))
-}
-
-/// Exponential back-off for API errors: 800 ms doubling to 30 s, as client-go's reflector.
-pub struct RetryDelay {
-    next: Duration,
-}
-
-impl Default for RetryDelay {
-    fn default() -> Self {
-        RetryDelay {
-            next: Duration::from_millis(800),
-        }
-    }
-}
-
-impl RetryDelay {
-    pub fn failed(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        d
-    }
-    pub fn reset(&mut self) {
-        *self = RetryDelay::default();
-    }
 }

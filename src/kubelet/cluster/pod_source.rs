@@ -1,15 +1,14 @@
-//! The API pod source, as the kubelet's `config/apiserver.go` reflector: LIST the pods bound to
-//! this node, then WATCH from the list's resourceVersion with bookmarks, reading the stream
-//! synchronously. A watch the server ends cleanly (its timeoutSeconds) is opened again from the
-//! last resourceVersion seen; a 410 (expired resourceVersion, as an HTTP status or an ERROR
-//! event) or a broken connection means LIST again (after an outage, one fresh LIST reconciles
-//! everything that changed), after a back-off of 800 ms doubling to 30 s. In steady state the
-//! only request is one long watch, renewed every 5–10 minutes. While the API server cannot be
-//! reached, the pods on disk keep running (see offline.rs).
+//! The API pod source, as the kubelet's `config/apiserver.go` reflector: LIST+WATCH of the pods
+//! bound to this node (the loop itself, with its resourceVersions, 410s and back-off, is
+//! kube/list_watch.rs). Every LIST replaces the desired set whole, so after an outage one fresh
+//! LIST reconciles everything that changed; an answer that is not a PodList is a failed LIST,
+//! never "no pods". While the API server cannot be reached, the pods on disk keep running (see
+//! offline.rs) and the last desired set stands.
 
 use super::api_sync;
-use super::{RetryDelay, Settings, API_SOURCE};
+use super::{Settings, API_SOURCE};
 use crate::kube::client::{escape, resource_version, ApiClient, ApiError};
+use crate::kube::list_watch::{self, Change, Flow, Handler};
 use crate::kubelet::manifest::DesiredPod;
 use crate::kubelet::static_source::DesiredSet;
 use crate::kubelet::{Event, Source};
@@ -39,6 +38,7 @@ pub fn start(
             api_sync,
             pods: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            listed_once: false,
             allowed_unsafe_sysctls: settings.allowed_unsafe_sysctls,
         }
         .run()
@@ -62,65 +62,15 @@ struct PodSource {
     rejected: BTreeMap<String, String>,
     /// `--allowed-unsafe-sysctls`, for the kubelet's sysctl admission.
     allowed_unsafe_sysctls: Vec<String>,
-}
-
-enum WatchEnd {
-    /// Closed by the server or broken: watch again from the last resourceVersion.
-    Closed,
-    /// The agent is shutting down.
-    Stop,
+    /// A LIST was tried before (the "unreachable" warning is given once, not at every retry).
+    listed_once: bool,
 }
 
 impl PodSource {
     fn run(mut self) {
-        let mut delay = RetryDelay::default();
-        let mut listed_once = false;
-        loop {
-            let rv = match self.list() {
-                Ok(rv) => rv,
-                Err(e) => {
-                    let d = delay.failed();
-                    if !listed_once {
-                        listed_once = true; // say it once, not at every retry
-                        log::warn!(
-                            "API server unreachable ({}): the pods of this node run from the local cache until it answers",
-                            e
-                        );
-                    }
-                    log::warn!("listing this node's pods: {}; retrying in {:?}", e, d);
-                    if !self.offline_too_long() {
-                        return;
-                    }
-                    std::thread::sleep(d);
-                    continue;
-                }
-            };
-            listed_once = true;
-            self.offline_stopped = false;
-            delay.reset();
-            if !self.publish() {
-                return;
-            }
-            let mut rv = rv;
-            loop {
-                match self.watch(&mut rv) {
-                    Ok(WatchEnd::Stop) => return,
-                    Ok(WatchEnd::Closed) => delay.reset(),
-                    Err(e) if e.is_expired() => {
-                        log::info!("pod watch: {}; listing again", e);
-                        break;
-                    }
-                    Err(e) => {
-                        // Cut off (or the server failed): list afresh once it answers, so
-                        // whatever changed meanwhile is reconciled in one go.
-                        let d = delay.failed();
-                        log::warn!("watching this node's pods: {}; listing again in {:?}", e, d);
-                        std::thread::sleep(d);
-                        break;
-                    }
-                }
-            }
-        }
+        let client = self.client.clone();
+        let path = format!("/api/v1/pods?fieldSelector={}", self.selector);
+        list_watch::run(&*client, "this node's pods", &path, &mut self);
     }
 
     /// Stops the cached pods if the node has been cut off for longer than `--offline-max-age`.
@@ -140,82 +90,6 @@ impl PodSource {
         self.offline_stopped = true;
         self.pods.clear();
         self.publish()
-    }
-
-    fn list(&mut self) -> Result<String, ApiError> {
-        let mut list = self
-            .client
-            .get(&format!("/api/v1/pods?fieldSelector={}", self.selector))?;
-        let rv = resource_version(&list).unwrap_or_default().to_string();
-        // A PodList always has `items` (empty or not). Any other answer is refused rather than
-        // read as "no pods", which would terminate every API pod of the node.
-        let items = match list.get_mut("items").map(Value::take) {
-            Some(Value::Array(items)) => items,
-            _ => {
-                return Err(ApiError::Decode(
-                    "the pod LIST answer is not a PodList (no items array)".into(),
-                ))
-            }
-        };
-        log::info!(
-            "API server: {} pod(s) bound to this node (resourceVersion {})",
-            items.len(),
-            rv
-        );
-        self.pods.clear();
-        let mut all = Vec::with_capacity(items.len());
-        for mut pod in items {
-            slim(&mut pod);
-            self.take(&pod);
-            all.push(pod);
-        }
-        let _ = self.api_sync.send(api_sync::Msg::ApiList(all));
-        Ok(rv)
-    }
-
-    fn watch(&mut self, rv: &mut String) -> Result<WatchEnd, ApiError> {
-        // client-go picks a random timeout between 5 and 10 minutes so watches of many nodes do
-        // not all end together.
-        let timeout = 300 + random_below(300);
-        let path = format!(
-            "/api/v1/pods?fieldSelector={}&watch=true&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
-            self.selector,
-            escape(rv),
-            timeout
-        );
-        let mut stream = self
-            .client
-            .watch(&path, Duration::from_secs(timeout + 60))?;
-        loop {
-            let Some(ev) = stream.next_event()? else {
-                return Ok(WatchEnd::Closed);
-            };
-            if let Some(v) = resource_version(&ev.object) {
-                *rv = v.to_string();
-            }
-            let uid = ev.object["metadata"]["uid"].as_str().map(str::to_string);
-            let mut object = ev.object;
-            match (ev.kind.as_str(), uid) {
-                ("ADDED" | "MODIFIED", Some(_)) => {
-                    slim(&mut object);
-                    self.take(&object);
-                    let _ = self.api_sync.send(api_sync::Msg::ApiPod(object));
-                }
-                ("DELETED", Some(uid)) => {
-                    self.pods.remove(&uid);
-                    self.rejected.remove(&uid);
-                    let _ = self.api_sync.send(api_sync::Msg::ApiPodGone(uid));
-                }
-                ("BOOKMARK", _) => continue,
-                (kind, _) => {
-                    log::debug!("pod watch: ignoring a {:?} event", kind);
-                    continue;
-                }
-            }
-            if !self.publish() {
-                return Ok(WatchEnd::Stop);
-            }
-        }
     }
 
     /// Keeps (or rejects) one pod as the API server shows it.
@@ -278,6 +152,78 @@ impl PodSource {
     }
 }
 
+impl Handler for PodSource {
+    fn listed(&mut self, items: Option<Vec<Value>>, rv: &str) -> Result<Flow, ApiError> {
+        // A PodList always has `items` (empty or not). Any other answer is refused rather than
+        // read as "no pods", which would terminate every API pod of the node.
+        let Some(items) = items else {
+            return Err(ApiError::Decode(
+                "the pod LIST answer is not a PodList (no items array)".into(),
+            ));
+        };
+        log::info!(
+            "API server: {} pod(s) bound to this node (resourceVersion {})",
+            items.len(),
+            rv
+        );
+        self.pods.clear();
+        let mut all = Vec::with_capacity(items.len());
+        for mut pod in items {
+            slim(&mut pod);
+            self.take(&pod);
+            all.push(pod);
+        }
+        let _ = self.api_sync.send(api_sync::Msg::ApiList(all));
+        self.listed_once = true;
+        self.offline_stopped = false;
+        Ok(go_on(self.publish()))
+    }
+
+    fn changed(&mut self, change: Change) -> Flow {
+        match change {
+            Change::Upsert(mut pod) => {
+                if pod["metadata"]["uid"].as_str().is_none() {
+                    log::debug!("pod watch: ignoring a pod without metadata.uid");
+                    return Flow::Continue;
+                }
+                slim(&mut pod);
+                self.take(&pod);
+                let _ = self.api_sync.send(api_sync::Msg::ApiPod(pod));
+            }
+            Change::Delete(pod) => {
+                let Some(uid) = pod["metadata"]["uid"].as_str().map(str::to_string) else {
+                    log::debug!("pod watch: ignoring a deleted pod without metadata.uid");
+                    return Flow::Continue;
+                };
+                self.pods.remove(&uid);
+                self.rejected.remove(&uid);
+                let _ = self.api_sync.send(api_sync::Msg::ApiPodGone(uid));
+            }
+        }
+        go_on(self.publish())
+    }
+
+    fn list_failed(&mut self, e: &ApiError) -> Flow {
+        if !self.listed_once {
+            self.listed_once = true; // say it once, not at every retry
+            log::warn!(
+                "API server unreachable ({}): the pods of this node run from the local cache until it answers",
+                e
+            );
+        }
+        go_on(self.offline_too_long())
+    }
+}
+
+/// `Stop` once the supervisor is gone.
+fn go_on(sent: bool) -> Flow {
+    if sent {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
+
 /// Drops what tinylet never reads and a real API server sends with every object (managedFields
 /// alone is often larger than the rest of a pod).
 fn slim(pod: &mut Value) {
@@ -289,12 +235,4 @@ fn slim(pod: &mut Value) {
 
 pub fn is_mirror(pod: &Value) -> bool {
     pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_string()
-}
-
-fn random_below(n: u64) -> u64 {
-    let r = crate::fsutil::random_hex(8)
-        .ok()
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .unwrap_or(0);
-    r % n.max(1)
 }
