@@ -65,7 +65,15 @@ impl Reflector {
 
 impl Handler for Reflector {
     fn listed(&mut self, items: Option<Vec<Value>>, rv: &str) -> Result<Flow, ApiError> {
-        let items = items.unwrap_or_default();
+        // An answer without an items array is not "no Services": taken as one, it would drop
+        // every route of the node. Refused, it is a failed LIST (the routes stay, the loop
+        // backs off and lists again), as the pod source refuses it.
+        let Some(items) = items else {
+            return Err(ApiError::Decode(format!(
+                "the {:?} LIST answer is not a list (no items array)",
+                self.kind
+            )));
+        };
         log::debug!(
             "proxy: {} {:?} (resourceVersion {})",
             items.len(),
@@ -80,5 +88,31 @@ impl Handler for Reflector {
             Change::Upsert(object) => Update::Upsert(self.kind, object),
             Change::Delete(object) => Update::Delete(self.kind, object),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_list_without_items_is_refused_and_keeps_the_routes() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut r = Reflector {
+            kind: Kind::Services,
+            tx,
+        };
+        assert!(r.listed(None, "5").is_err());
+        assert!(
+            rx.try_recv().is_err(),
+            "a Reset was sent for a LIST without items"
+        );
+        let service = json!({"metadata": {"name": "a"}});
+        assert!(matches!(
+            r.listed(Some(vec![service]), "6"),
+            Ok(Flow::Continue)
+        ));
+        assert!(matches!(rx.try_recv(), Ok(Update::Reset(Kind::Services, v)) if v.len() == 1));
     }
 }
