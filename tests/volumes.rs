@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
-use support::apiserver::ApiServer;
+use support::apiserver::{eventually, ApiServer};
 use support::*;
 
 const SLEEP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
@@ -260,6 +260,31 @@ fn a_config_map_update_reaches_a_running_container_through_the_data_swap() {
         "ContainerCreating"
     );
 
+    // The configMap and the secret are watched, each on its own (the kubelet's Watch strategy):
+    // a LIST with a single-object field selector, then a watch.
+    let node_name = node.node_name.clone();
+    let node_requests = |api: &ApiServer| -> Vec<String> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r["user"].as_str().is_some_and(|u| u.ends_with(&node_name)))
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["method"].as_str().unwrap_or(""),
+                    r["path"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    for list in [
+        "GET /api/v1/namespaces/default/configmaps?fieldSelector=metadata.name%3Dcfg",
+        "GET /api/v1/namespaces/default/secrets?fieldSelector=metadata.name%3Dsec",
+    ] {
+        eventually(&node, &api, list, || {
+            node_requests(&api).iter().any(|r| r == list).then_some(())
+        });
+    }
+    api.clear_requests();
     api.patch(
         "/api/v1/namespaces/default/configmaps/cfg",
         "application/merge-patch+json",
@@ -275,6 +300,16 @@ fn a_config_map_update_reaches_a_running_container_through_the_data_swap() {
                 .contains("now=hello-2 sub=hello-1")
                 .then_some(())
         },
+    );
+    // The volume sync that brought the update read both objects from their watches: no GET.
+    let reads: Vec<String> = node_requests(&api)
+        .into_iter()
+        .filter(|r| r.contains("/configmaps/cfg") || r.contains("/secrets/sec"))
+        .collect();
+    assert!(
+        reads.is_empty(),
+        "volume syncs read from the API server: {:?}",
+        reads
     );
     let running = node.pod("cm").unwrap();
     assert_eq!(cstatus(&running, "c")["restartCount"], 0);

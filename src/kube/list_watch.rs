@@ -74,6 +74,12 @@ pub trait Handler {
     fn list_failed(&mut self, _error: &ApiError) -> Flow {
         Flow::Continue
     }
+
+    /// The server ended a watch cleanly and the loop is about to open the next one (a watcher
+    /// whose object nobody needs any more stops here).
+    fn rewatch(&mut self) -> Flow {
+        Flow::Continue
+    }
 }
 
 /// The requests the loop makes, and its waits: the API client, or a script in the tests.
@@ -127,7 +133,11 @@ pub fn run(api: &(impl Api + ?Sized), what: &str, path: &str, handler: &mut impl
                 Ok(End::Stop) => return,
                 // The server's timeout: watch again from `rv` (the delay is still reset, as
                 // every watch follows a LIST that answered).
-                Ok(End::Closed) => {}
+                Ok(End::Closed) => {
+                    if handler.rewatch() == Flow::Stop {
+                        return;
+                    }
+                }
                 Err(e) if e.is_expired() => {
                     log::info!("watch of {}: {}; listing again", what, e);
                     break;

@@ -113,6 +113,7 @@ pub fn run(config: Config, ctx: Context, cluster_mode: Option<ClusterMode>) -> R
     )?;
     if let Some(mut cm) = cluster_mode {
         cm.settings.pressure = ctx.pressure.clone();
+        ctx.volume_objects.watch_through(cm.client.clone());
         let link = cluster::start(cm.client, cm.settings, tx.clone())?;
         let _ = ctx.cluster.set(link);
     }
