@@ -6,6 +6,10 @@
 
 use std::path::Path;
 
+#[cfg(test)]
+#[path = "fuzz_mutate.rs"]
+mod mutate;
+
 /// A fuzz target's body: any bytes in, a panic on a broken invariant.
 pub type Target = fn(&[u8]);
 
