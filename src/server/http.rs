@@ -38,17 +38,24 @@ impl Request {
                 Ok(0) | Err(_) => return Err(ReadError::Closed),
                 Ok(n) => n,
             };
+            // Only the new bytes (and the 3 before them, for a terminator split between two
+            // reads) are searched: rescanning the whole head on every read made a sender of
+            // one byte per TLS record cost quadratic time.
+            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&buf[..n]);
             if Instant::now() >= deadline {
                 return Err(ReadError::Closed);
             }
-            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                if i > MAX_HEAD {
+            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                if from + i > MAX_HEAD {
                     return Err(ReadError::Bad(431, "request header fields too large"));
                 }
-                break i;
+                break from + i;
             }
-            if head.len() > MAX_HEAD {
+            // No terminator in these bytes: any later one starts past MAX_HEAD. (Refusing at
+            // `> MAX_HEAD` instead made a head ending just under the cap pass or fail by how
+            // the client's bytes happened to be split into reads.)
+            if head.len() > MAX_HEAD + 3 {
                 return Err(ReadError::Bad(431, "request header fields too large"));
             }
         };
@@ -258,6 +265,37 @@ mod tests {
             Request::read(&mut huge.as_bytes(), far()),
             Err(ReadError::Bad(431, _))
         ));
+    }
+
+    /// Hands out its bytes `chunk` at a time, as TCP segments and TLS records may split them.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_cap_does_not_depend_on_how_the_head_is_split() {
+        // The terminator starts right at the cap: accepted whatever the reads (it was refused
+        // when the bytes came one at a time), and one byte more is refused whatever the reads.
+        for (pad, ok) in [(0, true), (1, false)] {
+            let start = "GET / HTTP/1.1\r\nX: ";
+            let head = format!(
+                "{}{}\r\n\r\n",
+                start,
+                "a".repeat(MAX_HEAD - start.len() + pad)
+            );
+            assert_eq!(head.find("\r\n\r\n"), Some(MAX_HEAD + pad));
+            for chunk in [1, 3, 2048] {
+                let r = Request::read(&mut Trickle(head.as_bytes(), chunk), far());
+                assert_eq!(r.is_ok(), ok, "chunk {}: {:?}", chunk, r.err());
+            }
+        }
     }
 
     #[test]
