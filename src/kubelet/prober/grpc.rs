@@ -408,7 +408,10 @@ fn message(data: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
         return protocol("compressed gRPC message, though no compression was offered");
     }
     let len = be32(&data[1..5]) as usize;
-    data.get(5..5 + len)
+    // checked: on a 32-bit device `5 + len` can wrap.
+    5usize
+        .checked_add(len)
+        .and_then(|end| data.get(5..end))
         .map(|m| Some(m.to_vec()))
         .ok_or(Failure::Protocol("truncated gRPC message".into()))
 }
