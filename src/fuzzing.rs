@@ -165,6 +165,31 @@ mod tests {
         }
     }
 
+    /// The fuzz crate repeats the binary's dependencies (the sources it compiles use them): a
+    /// feature or crate added to one and not the other broke the fuzz build unseen once.
+    #[test]
+    fn fuzz_crate_has_the_binarys_dependencies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let main = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let fuzz = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
+        let deps = main
+            .split("\n[dependencies]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .expect("Cargo.toml has a [dependencies] section");
+        for line in deps.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            assert!(
+                fuzz.lines().any(|l| l.trim() == line),
+                "fuzz/Cargo.toml lacks the dependency line `{}` (Cargo.toml has it)",
+                line
+            );
+        }
+    }
+
     #[test]
     fn targets_take_empty_and_garbage_input() {
         for (_, target) in TARGETS {
