@@ -53,6 +53,7 @@ pub(crate) fn request(data: &[u8]) {
         return;
     };
     assert!(!req.method.is_empty() && !req.method.contains(' '));
+    assert!(req.path.starts_with('/'), "a path {:?}", req.path);
     assert!(req
         .headers
         .iter()

@@ -67,15 +67,26 @@ impl Request {
         let (Some(method), Some(target), Some(version)) = (method, target, version) else {
             return Err(ReadError::Bad(400, "malformed request line"));
         };
-        if !version.starts_with("HTTP/1.") || first.next().is_some() {
+        if !version.starts_with("HTTP/1.") || first.next().is_some() || !is_token(method) {
             return Err(ReadError::Bad(400, "malformed request line"));
+        }
+        // Origin form only (`/path?query`): the API server and metrics-server send nothing else,
+        // and control characters are refused as Go's server refuses them in a URL.
+        if !target.starts_with('/') || target.bytes().any(|b| b < 0x21 || b == 0x7f) {
+            return Err(ReadError::Bad(400, "malformed request target"));
         }
         let mut headers = Vec::new();
         for line in lines {
             let (name, value) = line
                 .split_once(':')
                 .ok_or(ReadError::Bad(400, "malformed header line"))?;
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            // As Go's server: a name is a token (no space before the colon), a value has no
+            // control characters but tabs (a bare CR or LF inside a line is not a line end).
+            let value = value.trim_matches([' ', '\t']);
+            if !is_token(name) || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(ReadError::Bad(400, "malformed header line"));
+            }
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
         }
         let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let path = percent_decode(raw_path).ok_or(ReadError::Bad(400, "malformed path"))?;
@@ -113,6 +124,13 @@ impl Request {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// An RFC 9110 token (a method, a header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -246,6 +264,13 @@ mod tests {
             b"GET / HTTP/1.1\r\nnocolon\r\n\r\n",
             b"GET /%zz HTTP/1.1\r\n\r\n",
             b"GET / SPDY/3\r\n\r\n",
+            // Found by fuzzing: an empty method (a leading space) and a target that is no path.
+            b" cTG/E HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+            b"GET /a\rb HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX : y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
         ] {
             assert!(
                 matches!(
