@@ -21,6 +21,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image_manifest", image_manifest),
     ("layer_unpack", layer_unpack),
     ("cni_result", cni_result),
+    ("node_api_request", node_api_request),
+    ("probe_response", probe_response),
 ];
 
 /// A static pod manifest as `tinylet run` reads one: YAML (several documents) and JSON.
@@ -106,6 +108,22 @@ pub fn cni_result(data: &[u8]) {
     }
 }
 
+/// One request to the node API (port 10250) as a client sends it after the TLS handshake: the
+/// head parser (the same outcome however the bytes are split into reads; a head that never
+/// ends is refused at the cap, having read at most the cap and one buffer), then the
+/// `Authorization` header, the authorization attributes and the router, with
+/// `/containerLogs` options against a pod with a real log (limitBytes and tailLines hold).
+pub fn node_api_request(data: &[u8]) {
+    crate::server::fuzz::request(data);
+}
+
+/// What a container sends back to a probe: an HPACK block (the decoded list within its cap),
+/// the gRPC probe's HTTP/2 server (bounded answer, bounded replies), the httpGet probe's HTTP
+/// answer (the same head however it is split, a cap on an endless one, a sane redirect).
+pub fn probe_response(data: &[u8]) {
+    crate::kubelet::prober::fuzz::response(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +166,31 @@ mod tests {
                     m
                 );
             }
+        }
+    }
+
+    /// The fuzz crate repeats the binary's dependencies (the sources it compiles use them): a
+    /// feature or crate added to one and not the other broke the fuzz build unseen once.
+    #[test]
+    fn fuzz_crate_has_the_binarys_dependencies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let main = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let fuzz = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
+        let deps = main
+            .split("\n[dependencies]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .expect("Cargo.toml has a [dependencies] section");
+        for line in deps.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            assert!(
+                fuzz.lines().any(|l| l.trim() == line),
+                "fuzz/Cargo.toml lacks the dependency line `{}` (Cargo.toml has it)",
+                line
+            );
         }
     }
 

@@ -7,6 +7,9 @@
 //! `setns`ed into it), to the pod's loopback unless `host` says otherwise: the pod needs no
 //! address reachable from the host for its probes to work.
 
+/// The fuzz target's entry point (see src/fuzzing.rs); not in the binary.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 mod grpc;
 mod hpack;
 mod http;

@@ -38,17 +38,24 @@ impl Request {
                 Ok(0) | Err(_) => return Err(ReadError::Closed),
                 Ok(n) => n,
             };
+            // Only the new bytes (and the 3 before them, for a terminator split between two
+            // reads) are searched: rescanning the whole head on every read made a sender of
+            // one byte per TLS record cost quadratic time.
+            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&buf[..n]);
             if Instant::now() >= deadline {
                 return Err(ReadError::Closed);
             }
-            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                if i > MAX_HEAD {
+            if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                if from + i > MAX_HEAD {
                     return Err(ReadError::Bad(431, "request header fields too large"));
                 }
-                break i;
+                break from + i;
             }
-            if head.len() > MAX_HEAD {
+            // No terminator in these bytes: any later one starts past MAX_HEAD. (Refusing at
+            // `> MAX_HEAD` instead made a head ending just under the cap pass or fail by how
+            // the client's bytes happened to be split into reads.)
+            if head.len() > MAX_HEAD + 3 {
                 return Err(ReadError::Bad(431, "request header fields too large"));
             }
         };
@@ -60,15 +67,26 @@ impl Request {
         let (Some(method), Some(target), Some(version)) = (method, target, version) else {
             return Err(ReadError::Bad(400, "malformed request line"));
         };
-        if !version.starts_with("HTTP/1.") || first.next().is_some() {
+        if !version.starts_with("HTTP/1.") || first.next().is_some() || !is_token(method) {
             return Err(ReadError::Bad(400, "malformed request line"));
+        }
+        // Origin form only (`/path?query`): the API server and metrics-server send nothing else,
+        // and control characters are refused as Go's server refuses them in a URL.
+        if !target.starts_with('/') || target.bytes().any(|b| b < 0x21 || b == 0x7f) {
+            return Err(ReadError::Bad(400, "malformed request target"));
         }
         let mut headers = Vec::new();
         for line in lines {
             let (name, value) = line
                 .split_once(':')
                 .ok_or(ReadError::Bad(400, "malformed header line"))?;
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            // As Go's server: a name is a token (no space before the colon), a value has no
+            // control characters but tabs (a bare CR or LF inside a line is not a line end).
+            let value = value.trim_matches([' ', '\t']);
+            if !is_token(name) || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(ReadError::Bad(400, "malformed header line"));
+            }
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
         }
         let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let path = percent_decode(raw_path).ok_or(ReadError::Bad(400, "malformed path"))?;
@@ -106,6 +124,13 @@ impl Request {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// An RFC 9110 token (a method, a header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -239,6 +264,13 @@ mod tests {
             b"GET / HTTP/1.1\r\nnocolon\r\n\r\n",
             b"GET /%zz HTTP/1.1\r\n\r\n",
             b"GET / SPDY/3\r\n\r\n",
+            // Found by fuzzing: an empty method (a leading space) and a target that is no path.
+            b" cTG/E HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+            b"GET /a\rb HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX : y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
         ] {
             assert!(
                 matches!(
@@ -258,6 +290,37 @@ mod tests {
             Request::read(&mut huge.as_bytes(), far()),
             Err(ReadError::Bad(431, _))
         ));
+    }
+
+    /// Hands out its bytes `chunk` at a time, as TCP segments and TLS records may split them.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_cap_does_not_depend_on_how_the_head_is_split() {
+        // The terminator starts right at the cap: accepted whatever the reads (it was refused
+        // when the bytes came one at a time), and one byte more is refused whatever the reads.
+        for (pad, ok) in [(0, true), (1, false)] {
+            let start = "GET / HTTP/1.1\r\nX: ";
+            let head = format!(
+                "{}{}\r\n\r\n",
+                start,
+                "a".repeat(MAX_HEAD - start.len() + pad)
+            );
+            assert_eq!(head.find("\r\n\r\n"), Some(MAX_HEAD + pad));
+            for chunk in [1, 3, 2048] {
+                let r = Request::read(&mut Trickle(head.as_bytes(), chunk), far());
+                assert_eq!(r.is_ok(), ok, "chunk {}: {:?}", chunk, r.err());
+            }
+        }
     }
 
     #[test]

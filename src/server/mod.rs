@@ -10,6 +10,9 @@
 pub mod authn;
 pub mod authz;
 mod cache;
+/// The fuzz target's entry point (see src/fuzzing.rs); not in the binary.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
 pub mod healthz;
 pub mod http;
 mod logs;

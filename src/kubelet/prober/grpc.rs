@@ -33,9 +33,9 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// Header blocks (with CONTINUATIONs) and the response message, at most.
 const MAX_BLOCK: usize = 64 * 1024;
-const MAX_MESSAGE: usize = 64 * 1024;
+pub(super) const MAX_MESSAGE: usize = 64 * 1024;
 /// Frames read at most, whatever they are (a server that only PINGs is cut off).
-const MAX_FRAMES: usize = 1000;
+pub(super) const MAX_FRAMES: usize = 1000;
 
 const STREAM: u32 = 1;
 
@@ -109,16 +109,16 @@ impl Write for Deadlined {
 
 /// What the server answered.
 #[derive(Debug, Default, PartialEq)]
-struct Answer {
+pub(super) struct Answer {
     http_status: Option<u16>,
     grpc_status: Option<u32>,
     grpc_message: String,
     /// The response message (without its 5-byte prefix), if one came.
-    message: Option<Vec<u8>>,
+    pub message: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     Io(std::io::Error),
     Deadline,
     Protocol(String),
@@ -135,7 +135,7 @@ fn protocol<T>(msg: impl Into<String>) -> Result<T, Failure> {
 }
 
 /// The kubelet's reading of an answer.
-fn verdict(a: &Answer, timeout: Duration) -> Result<(), String> {
+pub(super) fn verdict(a: &Answer, timeout: Duration) -> Result<(), String> {
     if let Some(s) = a.http_status.filter(|s| *s != 200) {
         return Err(format!(
             "error: health rpc probe failed: rpc error: code = Unknown desc = unexpected HTTP status code received from server: {}",
@@ -235,7 +235,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Sends the request and reads until stream 1 ends.
-fn call<S: Read + Write>(
+pub(super) fn call<S: Read + Write>(
     conn: &mut S,
     authority: &str,
     service: &str,
@@ -408,13 +408,16 @@ fn message(data: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
         return protocol("compressed gRPC message, though no compression was offered");
     }
     let len = be32(&data[1..5]) as usize;
-    data.get(5..5 + len)
+    // checked: on a 32-bit device `5 + len` can wrap.
+    5usize
+        .checked_add(len)
+        .and_then(|end| data.get(5..end))
         .map(|m| Some(m.to_vec()))
         .ok_or(Failure::Protocol("truncated gRPC message".into()))
 }
 
 /// `status` (field 1) of a HealthCheckResponse; 0 (UNKNOWN) when absent, as protobuf defaults.
-fn health_status(msg: &[u8]) -> Result<u64, String> {
+pub(super) fn health_status(msg: &[u8]) -> Result<u64, String> {
     let mut i = 0;
     let mut status = 0;
     let read_varint = |i: &mut usize| -> Result<u64, String> {

@@ -8,6 +8,11 @@ use std::sync::OnceLock;
 /// The dynamic table size a decoder starts with (SETTINGS_HEADER_TABLE_SIZE, left at default).
 const TABLE_SIZE: usize = 4096;
 
+/// The decoded header list of one block at most, counted as SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts it (name + value + 32 per field). Without it a block could name one large dynamic
+/// table entry thousands of times, a byte each: a 64 KiB block decoded to ~250 MiB of copies.
+pub const MAX_LIST: usize = 64 * 1024;
+
 /// RFC 7541 Appendix A.
 const STATIC: [(&str, &str); 61] = [
     (":authority", ""),
@@ -142,16 +147,25 @@ impl Decoder {
     /// The fields of a header block, in order.
     pub fn decode(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, String> {
         let mut out = Vec::new();
+        let mut list = 0;
         let mut r = Reader { b: block, i: 0 };
+        let mut push = |out: &mut Vec<(String, String)>, field: (String, String)| {
+            list += field.0.len() + field.1.len() + 32;
+            if list > MAX_LIST {
+                return Err(format!("HPACK header list above {} bytes", MAX_LIST));
+            }
+            out.push(field);
+            Ok(())
+        };
         while !r.done() {
             let first = r.peek()?;
             if first & 0x80 != 0 {
                 let idx = r.int(7)?;
-                out.push(self.get(idx)?);
+                push(&mut out, self.get(idx)?)?;
             } else if first & 0xc0 == 0x40 {
                 let field = self.field(&mut r, 6)?;
                 self.insert(field.clone());
-                out.push(field);
+                push(&mut out, field)?;
             } else if first & 0xe0 == 0x20 {
                 let size = r.int(5)?;
                 if size > TABLE_SIZE {
@@ -161,7 +175,7 @@ impl Decoder {
                 self.evict();
             } else {
                 // 0000xxxx without indexing, 0001xxxx never indexed: the same to a reader.
-                out.push(self.field(&mut r, 4)?);
+                push(&mut out, self.field(&mut r, 4)?)?;
             }
         }
         Ok(out)
@@ -439,5 +453,19 @@ mod tests {
         ] {
             assert!(d.decode(&block).is_err(), "{:x?}", block);
         }
+    }
+
+    #[test]
+    fn a_block_repeating_a_large_entry_is_refused() {
+        // One 4000-byte entry in the dynamic table, then named a byte at a time: 16 copies fit
+        // under MAX_LIST, a block of 64 KiB would have been ~250 MiB.
+        let mut block = vec![0x40];
+        encode_str(&mut block, "x");
+        encode_str(&mut block, &"v".repeat(4000));
+        block.extend_from_slice(&[0xbe; 15]);
+        assert_eq!(Decoder::default().decode(&block).unwrap().len(), 16);
+        block.extend_from_slice(&[0xbe; 2]);
+        let e = Decoder::default().decode(&block).unwrap_err();
+        assert!(e.contains("header list above"), "{}", e);
     }
 }

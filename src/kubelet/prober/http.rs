@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// Go's http.Client stops after 10 requests.
 const MAX_REQUESTS: usize = 10;
 /// The status line and headers we read at most.
-const MAX_HEAD: usize = 16 * 1024;
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Url {
@@ -23,7 +23,7 @@ pub(super) struct Url {
 }
 
 impl Url {
-    fn show(&self) -> String {
+    pub fn show(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -187,26 +187,32 @@ fn get(
     parse_head(&head)
 }
 
-fn exchange<S: Read + Write>(stream: &mut S, req: &str) -> Result<Vec<u8>, String> {
+pub(super) fn exchange<S: Read + Write>(stream: &mut S, req: &str) -> Result<Vec<u8>, String> {
     stream
         .write_all(req.as_bytes())
         .and_then(|_| stream.flush())
         .map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+    while head.len() < MAX_HEAD {
+        // Only the new bytes (and the 3 before them) are searched for the end of the head: a
+        // container answering a byte at a time would otherwise cost quadratic time.
+        let from = head.len().saturating_sub(3);
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if head.is_empty() => return Err(e.to_string()),
             Err(_) => break,
         }
+        if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
     }
     Ok(head)
 }
 
 /// The status code and `Location` of a response head.
-fn parse_head(head: &[u8]) -> Result<(u16, Option<String>), String> {
+pub(super) fn parse_head(head: &[u8]) -> Result<(u16, Option<String>), String> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let status = lines

@@ -1,0 +1,3 @@
+#![no_main]
+// See src/fuzzing.rs for what this target checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tinylet_fuzz::fuzzing::node_api_request(data));
