@@ -122,7 +122,8 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
     }
 }
 
-fn corpus(target: &str) -> Vec<Vec<u8>> {
+/// The committed inputs of `target`: its corpus and the regressions kept from fixed findings.
+pub(super) fn corpus(target: &str) -> Vec<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut out = Vec::new();
     for dir in [
@@ -133,13 +134,11 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
             continue;
         };
         for entry in entries.flatten() {
-            if let Ok(data) = std::fs::read(entry.path()) {
-                out.push(data);
-            }
+            let path = entry.path();
+            let data = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {}", path.display(), e));
+            out.push(data);
         }
-    }
-    if out.is_empty() {
-        out.push(Vec::new());
     }
     out
 }
@@ -167,7 +166,10 @@ fn every_target_survives_a_short_random_mutation_run() {
         seed, per_target
     );
     for (name, target) in TARGETS {
-        let inputs = corpus(name);
+        let mut inputs = corpus(name);
+        if inputs.is_empty() {
+            inputs.push(Vec::new());
+        }
         let mut rng = Rng((seed ^ fnv(name)) | 1);
         let started = Instant::now();
         let mut execs = 0u64;

@@ -132,21 +132,11 @@ mod tests {
     /// regression input) through its target: the stable-toolchain half of the fuzzing.
     #[test]
     fn fuzz_corpus_replays_without_panics() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         let mut replayed = 0;
         for (name, target) in TARGETS {
-            for dir in [
-                root.join("corpus").join(name),
-                root.join("regressions").join(name),
-            ] {
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let data = std::fs::read(entry.path()).unwrap();
-                    target(&data);
-                    replayed += 1;
-                }
+            for data in super::mutate::corpus(name) {
+                target(&data);
+                replayed += 1;
             }
         }
         assert!(replayed >= TARGETS.len(), "the fuzz corpus is missing");
