@@ -538,6 +538,70 @@ mod tests {
     }
 
     #[test]
+    fn v1_qos_cgroups_made_once_and_again_when_gone() {
+        let base = std::env::temp_dir().join(format!("tinylet-cg1q-{}", std::process::id()));
+        for c in V1_CONTROLLERS {
+            fs::create_dir_all(base.join(c)).unwrap();
+        }
+        let h = Hierarchy::V1 { base: base.clone() };
+        let read = |p: &str| fs::read_to_string(base.join(p)).unwrap();
+        let ready = AtomicBool::new(false);
+        let best_effort = Limits {
+            cpu_request_millis: Some(0),
+            ..Default::default()
+        };
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "a"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert!(ready.load(Ordering::Acquire));
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
+        assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "2");
+        assert!(base.join("memory/kubepods/besteffort/poda").is_dir());
+        // Once made, the QoS level is not written again for the next pod...
+        fs::write(base.join("cpu/kubepods/besteffort/cpu.shares"), "7").unwrap();
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "b"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "7");
+        assert!(base.join("pids/kubepods/besteffort/podb").is_dir());
+        // ...unless it is gone: then it is made again, with its shares.
+        for c in V1_CONTROLLERS {
+            fs::remove_dir_all(base.join(c).join("kubepods/besteffort")).unwrap();
+        }
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "c"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
+        assert!(base.join("devices/kubepods/besteffort/podc").is_dir());
+        // A Burstable pod is counted in burstable's shares.
+        let burstable = Limits {
+            cpu_request_millis: Some(1000),
+            ..Default::default()
+        };
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "Burstable", "d"),
+            &burstable,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "1024");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
     fn v2_tree_on_a_fake_mount() {
         let mount = std::env::temp_dir().join(format!("tinylet-cg2-{}", std::process::id()));
         fs::create_dir_all(&mount).unwrap();
