@@ -516,6 +516,15 @@ impl PodWorker {
         self.save(i);
     }
 
+    /// A container that could not be made while its sandbox was still being set up: when the
+    /// sandbox failed too (a full disk fails both), that is the pod's reason, as it would have
+    /// been had the sandbox been made first, and the container waits for the sandbox's retry.
+    fn retry_unless_sandbox_failed(&mut self, i: usize, reason: &str, message: String) {
+        if self.finish_sandbox() {
+            self.wait_and_retry(i, reason, message);
+        }
+    }
+
     fn start_container(&mut self, i: usize) {
         let t0 = std::time::Instant::now();
         let c = self.specs[i].clone();
@@ -601,7 +610,7 @@ impl PodWorker {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.runtime.abandon(&id, rootfs);
-                return self.wait_and_retry(i, e.reason, e.message);
+                return self.retry_unless_sandbox_failed(i, e.reason, e.message);
             }
         };
         let rec = &self.containers[i];
@@ -620,7 +629,7 @@ impl PodWorker {
         };
         let t_spec = t0.elapsed();
         if let Err(e) = self.ctx.runtime.prepare(&id, &req, rootfs) {
-            return self.wait_and_retry(i, "CreateContainerError", e);
+            return self.retry_unless_sandbox_failed(i, "CreateContainerError", e);
         }
         // The bundle was made while the sandbox's namespaces were being created; runc joins them.
         if !self.finish_sandbox() {
