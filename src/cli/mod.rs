@@ -451,6 +451,7 @@ fn run(rest: &[String]) -> Result<(), String> {
             cgroup_root: config.cgroup_root.clone(),
             self_exe,
             log_rotation: log_rotation(&a)?,
+            qos_cgroups_ready: Default::default(),
         },
         images: kubelet::image_puller::ImagePuller::new(
             open_image_store(&a)?,

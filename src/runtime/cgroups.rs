@@ -12,6 +12,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// v1 controllers tinylet creates pod cgroups in (cpuset is left to runc, which fills in
 /// cpus/mems for the parents it creates).
@@ -105,14 +106,10 @@ impl Hierarchy {
         }
     }
 
-    /// Makes the QoS-level cgroups under `<cgroup_root>/kubepods` with their cpu.shares, then
-    /// the pod cgroup with its limits (`pod_cgroup_path`).
-    pub fn create_pod(
-        &self,
-        cgroup_root: &str,
-        pod_cgroup: &str,
-        limits: &Limits,
-    ) -> io::Result<()> {
+    /// Makes the QoS-level cgroups under `<cgroup_root>/kubepods` with their cpu.shares, as the
+    /// kubelet's QoS container manager does once at start-up: kubepods gets the node's CPUs,
+    /// besteffort MinShares, burstable the sum of its pods'.
+    pub fn ensure_qos(&self, cgroup_root: &str) -> io::Result<()> {
         let kubepods = format!("{}/kubepods", cgroup_root.trim_end_matches('/'));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         self.create(
@@ -122,18 +119,63 @@ impl Hierarchy {
                 ..Default::default()
             },
         )?;
-        for q in ["burstable", "besteffort"] {
-            self.create(
-                &format!("{}/{}", kubepods, q),
-                &Limits {
-                    cpu_request_millis: Some(0),
-                    ..Default::default()
-                },
-            )?;
-        }
-        self.create(pod_cgroup, limits)?;
+        self.create(&format!("{}/burstable", kubepods), &Limits::default())?;
+        self.create(
+            &format!("{}/besteffort", kubepods),
+            &Limits {
+                cpu_request_millis: Some(0),
+                ..Default::default()
+            },
+        )?;
         self.update_burstable_shares(&kubepods);
         Ok(())
+    }
+
+    /// Makes the pod cgroup with its limits (`pod_cgroup_path`). The QoS-level cgroups are made
+    /// first when `qos_ready` says they were not made yet by this agent, or when they are found
+    /// gone (removed by hand): about 70 cgroupfs calls saved on every other pod start.
+    pub fn create_pod(
+        &self,
+        cgroup_root: &str,
+        pod_cgroup: &str,
+        limits: &Limits,
+        qos_ready: &AtomicBool,
+    ) -> io::Result<()> {
+        if !qos_ready.load(Ordering::Acquire) {
+            self.ensure_qos(cgroup_root)?;
+            qos_ready.store(true, Ordering::Release);
+        }
+        match self.create_in_existing_parent(pod_cgroup, limits) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_qos(cgroup_root)?;
+                self.create(pod_cgroup, limits)?;
+            }
+            r => r?,
+        }
+        // Only a Burstable pod changes the burstable sum.
+        let kubepods = format!("{}/kubepods", cgroup_root.trim_end_matches('/'));
+        if pod_cgroup.starts_with(&format!("{}/burstable/", kubepods)) {
+            self.update_burstable_shares(&kubepods);
+        }
+        Ok(())
+    }
+
+    /// `create` for a cgroup whose parent exists: NotFound when it does not (v1; on v2 the
+    /// parents are made, as `create` does).
+    fn create_in_existing_parent(&self, cgroup: &str, limits: &Limits) -> io::Result<()> {
+        let Hierarchy::V1 { .. } = self else {
+            return self.create(cgroup, limits);
+        };
+        for dir in self.dirs(cgroup, V1_CONTROLLERS) {
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(ctx(e, "creating cgroup", &dir))
+                }
+                _ => {}
+            }
+        }
+        self.apply_limits(cgroup, limits)
     }
 
     /// Removes a pod cgroup made by `create_pod` and recounts the burstable shares.
@@ -188,6 +230,10 @@ impl Hierarchy {
         for dir in self.dirs(cgroup, V1_CONTROLLERS) {
             fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating cgroup", &dir))?;
         }
+        self.apply_limits(cgroup, limits)
+    }
+
+    fn apply_limits(&self, cgroup: &str, limits: &Limits) -> io::Result<()> {
         for (file, value) in self.limit_files(limits) {
             for dir in self.dirs(cgroup, &[file.0]) {
                 let path = dir.join(file.1);
@@ -464,6 +510,7 @@ mod tests {
             mount: mount.clone(),
         };
         let read = |p: &str| fs::read_to_string(mount.join(p)).unwrap();
+        let ready = AtomicBool::new(false);
         let burstable = |uid: &str, millis: u64| {
             h.create_pod(
                 "/",
@@ -473,6 +520,7 @@ mod tests {
                     pids: Some(100),
                     ..Default::default()
                 },
+                &ready,
             )
             .unwrap()
         };
@@ -487,6 +535,70 @@ mod tests {
         let two = weight_to_shares(read("kubepods/burstable/cpu.weight").parse().unwrap());
         assert!((1950..=2100).contains(&two), "{}", two);
         fs::remove_dir_all(&mount).unwrap();
+    }
+
+    #[test]
+    fn v1_qos_cgroups_made_once_and_again_when_gone() {
+        let base = std::env::temp_dir().join(format!("tinylet-cg1q-{}", std::process::id()));
+        for c in V1_CONTROLLERS {
+            fs::create_dir_all(base.join(c)).unwrap();
+        }
+        let h = Hierarchy::V1 { base: base.clone() };
+        let read = |p: &str| fs::read_to_string(base.join(p)).unwrap();
+        let ready = AtomicBool::new(false);
+        let best_effort = Limits {
+            cpu_request_millis: Some(0),
+            ..Default::default()
+        };
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "a"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert!(ready.load(Ordering::Acquire));
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
+        assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "2");
+        assert!(base.join("memory/kubepods/besteffort/poda").is_dir());
+        // Once made, the QoS level is not written again for the next pod...
+        fs::write(base.join("cpu/kubepods/besteffort/cpu.shares"), "7").unwrap();
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "b"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "7");
+        assert!(base.join("pids/kubepods/besteffort/podb").is_dir());
+        // ...unless it is gone: then it is made again, with its shares.
+        for c in V1_CONTROLLERS {
+            fs::remove_dir_all(base.join(c).join("kubepods/besteffort")).unwrap();
+        }
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "BestEffort", "c"),
+            &best_effort,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
+        assert!(base.join("devices/kubepods/besteffort/podc").is_dir());
+        // A Burstable pod is counted in burstable's shares.
+        let burstable = Limits {
+            cpu_request_millis: Some(1000),
+            ..Default::default()
+        };
+        h.create_pod(
+            "/",
+            &pod_cgroup_path("/", "Burstable", "d"),
+            &burstable,
+            &ready,
+        )
+        .unwrap();
+        assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "1024");
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -42,6 +42,25 @@ pub struct Runtime {
     pub self_exe: PathBuf,
     /// `--container-log-max-size` / `--container-log-max-files`, applied by each monitor.
     pub log_rotation: log_file::Rotation,
+    /// The QoS-level cgroups were made by this agent (`Hierarchy::create_pod`).
+    pub qos_cgroups_ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A container's rootfs being made (`Runtime::begin_rootfs`).
+pub enum PendingRootfs {
+    Thread(std::thread::JoinHandle<Result<(), String>>),
+    Done(Result<(), String>),
+}
+
+impl PendingRootfs {
+    fn wait(self) -> Result<(), String> {
+        match self {
+            PendingRootfs::Thread(t) => t
+                .join()
+                .unwrap_or_else(|_| Err("the rootfs thread panicked".into())),
+            PendingRootfs::Done(r) => r,
+        }
+    }
 }
 
 /// What a new container needs beyond its OCI spec.
@@ -49,7 +68,6 @@ pub struct StartRequest<'a> {
     pub pod_uid: &'a str,
     /// The pod's QoS class: where its cgroup is (`cgroups::pod_cgroup_path`).
     pub qos_class: &'a str,
-    pub snapshot: &'a Path,
     pub spec: &'a serde_json::Value,
     pub log_path: &'a Path,
 }
@@ -71,26 +89,55 @@ impl Runtime {
         format!("{}/{}", self.pod_cgroup(qos_class, uid), id)
     }
 
-    /// Makes the bundle: rootfs (overlay over the image snapshot) and config.json.
-    pub fn prepare(&self, id: &str, req: &StartRequest) -> Result<(), String> {
-        let bundle = self.bundle(id);
-        let result = (|| {
+    /// Starts making the bundle's directories and its rootfs (an overlay over the image
+    /// snapshot) on a thread of its own: half a dozen directory and mount operations that
+    /// overlap the building of the container's spec. `prepare` or `abandon` completes it.
+    pub fn begin_rootfs(&self, id: &str, snapshot: &Path) -> PendingRootfs {
+        let (bundle, snapshot) = (self.bundle(id), snapshot.to_path_buf());
+        let make = move || {
             fsutil::ensure_dir(&bundle).map_err(|e| e.to_string())?;
-            rootfs::prepare(req.snapshot, &bundle)
-                .map_err(|e| format!("preparing rootfs: {}", e))?;
+            rootfs::prepare(&snapshot, &bundle).map_err(|e| format!("preparing rootfs: {}", e))
+        };
+        // Without a thread (none to be had), the same work in line.
+        let spawned = std::thread::Builder::new()
+            .name("rootfs".into())
+            .stack_size(64 * 1024)
+            .spawn(make.clone());
+        match spawned {
+            Ok(t) => PendingRootfs::Thread(t),
+            Err(_) => PendingRootfs::Done(make()),
+        }
+    }
+
+    /// Completes the bundle: waits for the rootfs and writes config.json. On failure the
+    /// bundle is removed.
+    pub fn prepare(
+        &self,
+        id: &str,
+        req: &StartRequest,
+        rootfs: PendingRootfs,
+    ) -> Result<(), String> {
+        let bundle = self.bundle(id);
+        let result = rootfs.wait().and_then(|()| {
             let mut spec = req.spec.clone();
             spec["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
             spec["linux"]["cgroupsPath"] =
                 serde_json::json!(self.container_cgroup(req.qos_class, req.pod_uid, id));
             // Root only: the spec holds the container's environment, Secret values included.
-            let data = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+            let data = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
             fsutil::write_volatile(&bundle.join("config.json"), &data, 0o600)
                 .map_err(|e| format!("writing config.json: {}", e))
-        })();
+        });
         if result.is_err() {
             let _ = self.remove(id);
         }
         result
+    }
+
+    /// A bundle `begin_rootfs` started that will not be used: waits for it and removes it.
+    pub fn abandon(&self, id: &str, rootfs: PendingRootfs) {
+        let _ = rootfs.wait();
+        let _ = self.remove(id);
     }
 
     /// Starts the container's monitor, which runs runc on the prepared bundle. Returns once the

@@ -66,10 +66,10 @@ impl PendingSandbox {
 }
 
 /// Starts making the sandbox, or returns the existing one when its namespaces are still mounted
-/// (an agent restart adopts the pod).
+/// (an agent restart adopts the pod). Everything a new sandbox needs on disk (the pins, the shm
+/// tmpfs) is made on the namespace thread too, so that the caller goes on at once.
 pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result<PendingSandbox> {
     let dir = ns_dir(pod_dir);
-    fs::create_dir_all(&dir).map_err(|e| ctx(e, "creating", &dir))?;
     let mut kinds: Vec<(&str, CloneFlags)> = Vec::new();
     if !opts.host_network {
         kinds.push(("net", CloneFlags::CLONE_NEWNET));
@@ -82,37 +82,20 @@ pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result
         kinds.push(("pid", CloneFlags::CLONE_NEWPID));
     }
     let shm = pod_dir.join("shm");
-    if !is_mountpoint(&shm) {
-        fs::create_dir_all(&shm).map_err(|e| ctx(e, "creating", &shm))?;
-        mount(
-            Some("shm"),
-            &shm,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
-        )
-        .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", &shm))?;
-    }
     let path = |k: &str| kinds.iter().any(|(n, _)| *n == k).then(|| dir.join(k));
     let sandbox = Sandbox {
         net: path("net"),
         ipc: path("ipc"),
         uts: path("uts"),
-        shm,
+        shm: shm.clone(),
         pid: path("pid"),
     };
     if kinds.iter().all(|(k, _)| is_nsfs(&dir.join(k))) && (!opts.share_pid || pause_alive(&dir)) {
+        mount_shm(&shm)?;
         return Ok(PendingSandbox {
             sandbox,
             namespaces: None,
         });
-    }
-    // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
-    kill_pause(&dir);
-    unmount_namespaces(&dir);
-    for (k, _) in &kinds {
-        let f = dir.join(k);
-        fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
     }
     let flags = kinds
         .iter()
@@ -123,12 +106,39 @@ pub fn begin(pod_dir: &Path, hostname: &str, opts: SandboxOptions) -> io::Result
     let thread = std::thread::Builder::new()
         .name("sandbox".into())
         .stack_size(64 * 1024)
-        .spawn(move || unshare_and_pin(flags, &names, &dir2, &host, net))
+        .spawn(move || {
+            fs::create_dir_all(&dir2).map_err(|e| ctx(e, "creating", &dir2))?;
+            mount_shm(&shm)?;
+            // A partial sandbox (crash mid-create, or a reboot) is rebuilt from scratch.
+            kill_pause(&dir2);
+            unmount_namespaces(&dir2);
+            for k in &names {
+                let f = dir2.join(k);
+                fs::write(&f, b"").map_err(|e| ctx(e, "creating", &f))?;
+            }
+            unshare_and_pin(flags, &names, &dir2, &host, net)
+        })
         .map_err(|e| ctx(e, "spawning namespace thread for", &dir))?;
     Ok(PendingSandbox {
         sandbox,
         namespaces: Some(thread),
     })
+}
+
+/// The pod's /dev/shm: a tmpfs of the runtime's default size, mounted once.
+fn mount_shm(shm: &Path) -> io::Result<()> {
+    if is_mountpoint(shm) {
+        return Ok(());
+    }
+    fs::create_dir_all(shm).map_err(|e| ctx(e, "creating", shm))?;
+    mount(
+        Some("shm"),
+        shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| ctx(e.into(), "mounting shm tmpfs on", shm))
 }
 
 /// Runs on a thread of its own: unshare affects only the calling thread, which then exits, so the

@@ -99,7 +99,8 @@ pub struct SpecInput<'a> {
     pub sandbox: &'a Sandbox,
     pub host_pid: bool,
     pub cgroups_path: String,
-    /// Directory holding the pod's generated `hosts`, `hostname` and `resolv.conf`.
+    /// Directory holding the pod's generated `hosts`, `hostname` and `resolv.conf` (bind-mounted
+    /// whether or not they exist yet: they do by the time runc runs).
     pub etc_dir: &'a Path,
     pub memory_limit: Option<u64>,
     pub cpu_limit_millis: Option<u64>,
@@ -306,11 +307,10 @@ fn mounts(input: &SpecInput, privileged: bool) -> Vec<Value> {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
+    // Being written by the pod's setup thread while the spec is built; there before runc runs.
     for f in ["hosts", "hostname", "resolv.conf"] {
         let src = input.etc_dir.join(f);
-        if src.exists() {
-            m.push(json!({"destination": format!("/etc/{}", f), "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
-        }
+        m.push(json!({"destination": format!("/etc/{}", f), "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
     }
     for (dest, src, ro) in &input.binds {
         let mode = if *ro { "ro" } else { "rw" };

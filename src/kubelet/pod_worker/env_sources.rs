@@ -86,7 +86,16 @@ impl PodWorker {
             secrets: &secrets,
             services: &services,
             enable_service_links,
-            allocatable: allocatable(&self.dir),
+            // Read from the node only for a container that asks (a dozen system calls).
+            allocatable: if c.env.iter().any(|e| {
+                e.value_from
+                    .as_ref()
+                    .is_some_and(|v| v.resource_field_ref.is_some())
+            }) {
+                allocatable(&self.dir)
+            } else {
+                Allocatable::default()
+            },
         };
         match env::environment(image, c, &pod) {
             Ok(r) => {

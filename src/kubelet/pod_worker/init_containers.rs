@@ -260,13 +260,16 @@ impl PodWorker {
 
     /// The CRI log file of attempt `restart` of container `name`.
     pub(super) fn log_path(&self, name: &str, restart: u32) -> PathBuf {
-        self.ctx
-            .pod_log_dir
-            .join(format!(
-                "{}_{}_{}",
-                self.pod.namespace, self.pod.name, self.pod.uid
-            ))
+        self.pod_log_dir()
             .join(name)
             .join(format!("{}.log", restart))
+    }
+
+    /// `<pod log dir>/<namespace>_<name>_<uid>`: made with the sandbox, as the kubelet does.
+    pub(super) fn pod_log_dir(&self) -> PathBuf {
+        self.ctx.pod_log_dir.join(format!(
+            "{}_{}_{}",
+            self.pod.namespace, self.pod.name, self.pod.uid
+        ))
     }
 }

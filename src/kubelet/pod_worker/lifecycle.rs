@@ -4,6 +4,7 @@
 use super::*;
 use crate::kubelet::prober;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The longest a postStart hook may hold a container in `ContainerCreating`. The kubelet has no
@@ -188,8 +189,14 @@ impl PodWorker {
         let dir = self.dir.join("termination-log");
         fsutil::ensure_dir(&dir).map_err(|e| format!("creating {}: {}", dir.display(), e))?;
         let file = dir.join(&c.name);
-        // Writable by whatever user the container runs as, as the kubelet makes it.
-        fsutil::write_volatile(&file, b"", 0o666)
+        // Writable by whatever user the container runs as, as the kubelet makes it. Emptied in
+        // place: no container instance reads it while the next is being made.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o666)
+            .open(&file)
             .map_err(|e| format!("creating {}: {}", file.display(), e))?;
         Ok(Some((dest.to_string(), file, false)))
     }

@@ -70,12 +70,16 @@ pub struct PodWorker {
     sandbox: Option<sandbox::Sandbox>,
     /// Namespaces being made while the first containers' bundles are prepared.
     pending_sandbox: Option<sandbox::PendingSandbox>,
+    /// The pod cgroup and /etc files being made meanwhile (`pod_setup`).
+    pending_setup: Option<PendingSetup>,
     sandbox_started: Option<std::time::Instant>,
     sandbox_error: Option<String>,
     sandbox_retry_at: f64,
     published: Option<PodStatus>,
     /// pod.json differs from what is on disk.
     record_dirty: bool,
+    /// A container was launched in this sync: saving pod.json waits for the next one.
+    launched: bool,
     /// The worker's own inbox, handed to the bundle watcher so monitors' records wake it.
     wake: Sender<WorkerMsg>,
     /// The pod's volumes, once made.
@@ -92,6 +96,8 @@ pub struct PodWorker {
     /// The pod's IPs from its CNI ADD (empty: no pod network, or hostNetwork).
     pod_ips: Vec<String>,
 }
+
+type PendingSetup = std::thread::JoinHandle<Result<(), String>>;
 
 fn now() -> f64 {
     clock::now_unix().as_secs_f64()
@@ -165,11 +171,13 @@ impl PodWorker {
             pull_error_until: vec![None; n],
             sandbox: None,
             pending_sandbox: None,
+            pending_setup: None,
             sandbox_started: None,
             sandbox_error: None,
             sandbox_retry_at: 0.0,
             published,
             record_dirty,
+            launched: false,
             wake,
             volumes: None,
             status_announced: false,
@@ -231,8 +239,12 @@ impl PodWorker {
                 }
                 Ok(WorkerMsg::Evict { message }) => self.evict(message),
                 Ok(WorkerMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                // The agent is shutting down: pods keep running and are adopted on restart.
-                Err(RecvTimeoutError::Disconnected) => return,
+                // The agent is shutting down: pods keep running and are adopted on restart,
+                // which needs their record.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.save_record();
+                    return;
+                }
             }
             self.sync();
             wait = self.next_wake();
@@ -273,16 +285,24 @@ impl PodWorker {
         }
         // No container needed it this time (image missing, back-off): finish it anyway.
         self.finish_sandbox();
-        // After the containers were started: a crash before this only costs a restart of them
-        // (their bundles are then orphans and collected), and it keeps an fsync off the start path.
+        // Not while runc is starting a container launched in this sync: the fsyncs (a journal
+        // commit) would compete with it for the disk on a small device. The next sync, when the
+        // monitor reports the container started (at most 1 s later), saves it. A crash before
+        // then only costs a restart of the containers (their bundles are orphans, collected).
+        if !std::mem::take(&mut self.launched) {
+            self.save_record();
+        }
+        self.publish();
+        self.release_network_when_finished();
+    }
+
+    fn save_record(&mut self) {
         if self.record_dirty {
             match store::save_pod(&self.dir, &self.record) {
                 Ok(()) => self.record_dirty = false,
                 Err(e) => log::error!("pod {}: saving pod record: {}", self.pod.full_name(), e),
             }
         }
-        self.publish();
-        self.release_network_when_finished();
     }
 
     fn save(&self, i: usize) {
@@ -496,6 +516,15 @@ impl PodWorker {
         self.save(i);
     }
 
+    /// A container that could not be made while its sandbox was still being set up: when the
+    /// sandbox failed too (a full disk fails both), that is the pod's reason, as it would have
+    /// been had the sandbox been made first, and the container waits for the sandbox's retry.
+    fn retry_unless_sandbox_failed(&mut self, i: usize, reason: &str, message: String) {
+        if self.finish_sandbox() {
+            self.wait_and_retry(i, reason, message);
+        }
+    }
+
     fn start_container(&mut self, i: usize) {
         let t0 = std::time::Instant::now();
         let c = self.specs[i].clone();
@@ -565,16 +594,6 @@ impl PodWorker {
         else {
             return;
         };
-        let spec = match self.container_spec(&c, &image, &sb) {
-            Ok(s) => s,
-            Err(e) => return self.wait_and_retry(i, e.reason, e.message),
-        };
-        let rec = &self.containers[i];
-        let restart_count = if rec.started_once {
-            rec.restart_count + 1
-        } else {
-            0
-        };
         let id = match fsutil::random_hex(32) {
             Ok(id) => id,
             Err(e) => {
@@ -585,18 +604,32 @@ impl PodWorker {
                 )
             }
         };
+        // The bundle's directories and overlay mount are made while the spec is built.
+        let rootfs = self.ctx.runtime.begin_rootfs(&id, &image.rootfs);
+        let spec = match self.container_spec(&c, &image, &sb) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.runtime.abandon(&id, rootfs);
+                return self.retry_unless_sandbox_failed(i, e.reason, e.message);
+            }
+        };
+        let rec = &self.containers[i];
+        let restart_count = if rec.started_once {
+            rec.restart_count + 1
+        } else {
+            0
+        };
         let log_path = self.log_path(&c.name, restart_count);
         let pod_uid = self.pod.uid.clone();
         let req = StartRequest {
             pod_uid: &pod_uid,
             qos_class: status::qos_class(&self.pod.spec),
-            snapshot: &image.rootfs,
             spec: &spec,
             log_path: &log_path,
         };
         let t_spec = t0.elapsed();
-        if let Err(e) = self.ctx.runtime.prepare(&id, &req) {
-            return self.wait_and_retry(i, "CreateContainerError", e);
+        if let Err(e) = self.ctx.runtime.prepare(&id, &req, rootfs) {
+            return self.retry_unless_sandbox_failed(i, "CreateContainerError", e);
         }
         // The bundle was made while the sandbox's namespaces were being created; runc joins them.
         if !self.finish_sandbox() {
@@ -636,6 +669,7 @@ impl PodWorker {
         rec.not_before = None;
         rec.image = image.name.clone();
         rec.image_id = image.repo_digest.clone();
+        self.launched = true;
         self.watch(&id);
         self.event(
             Some(&c.name),

@@ -44,6 +44,7 @@ impl PodWorker {
             uid: self.pod.uid.clone(),
         };
         let ports = network::port_mappings(&self.pod.object["spec"]);
+        let ips_before = self.pod_ips.clone();
         let stale = (!new).then_some(netns.as_path());
         let ips = net
             .attach(&self.dir, &pod, &netns, stale, ports)
@@ -56,6 +57,10 @@ impl PodWorker {
                 t0.elapsed(),
                 self.pod_ips.join(", ")
             );
+        }
+        if self.pod_ips == ips_before {
+            // No pod network (no CNI configuration): the hosts file written with the sandbox stands.
+            return Ok(());
         }
         // The pod's own name resolves to its address now.
         self.write_hosts()

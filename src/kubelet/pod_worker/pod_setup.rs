@@ -4,21 +4,13 @@
 use super::*;
 
 impl PodWorker {
-    /// Creates the pod cgroup and /etc files and starts making the namespaces on a thread of
-    /// their own; `finish_sandbox` waits for them. Container bundles are prepared meanwhile.
+    /// Starts making the namespaces, and the pod cgroup and /etc files, on threads of their own;
+    /// `finish_sandbox` waits for them. Container bundles are prepared
+    /// meanwhile.
     pub(super) fn setup_sandbox(&mut self) {
         let t0 = std::time::Instant::now();
-        let result = (|| -> Result<sandbox::PendingSandbox, String> {
+        let result = (|| -> Result<(sandbox::PendingSandbox, PendingSetup), String> {
             fsutil::ensure_dir(&self.dir).map_err(|e| e.to_string())?;
-            let mut limits = pod_limits(&self.pod.spec);
-            limits.pids = u64::try_from(self.ctx.security.pod_pids_limit)
-                .ok()
-                .filter(|p| *p > 0);
-            let rt = &self.ctx.runtime;
-            let qos = status::qos_class(&self.pod.spec);
-            rt.cgroups
-                .create_pod(&rt.cgroup_root, &rt.pod_cgroup(qos, &self.pod.uid), &limits)
-                .map_err(|e| format!("creating pod cgroup: {}", e))?;
             let opts = sandbox::SandboxOptions {
                 host_network: self.pod.spec.host_network,
                 host_ipc: self.pod.spec.host_ipc,
@@ -31,29 +23,66 @@ impl PodWorker {
                 // An adopted sandbox keeps the addresses it was given.
                 self.pod_ips = crate::network::recorded_ips(&self.dir);
             }
-            self.write_etc_files()
-                .map_err(|e| format!("writing /etc files: {}", e))?;
-            Ok(pending)
+            let etc = self.etc_files()?;
+            let setup = self.begin_pod_setup(etc)?;
+            Ok((pending, setup))
         })();
         match result {
-            Ok(pending) => {
+            Ok((pending, setup)) => {
                 if pending.is_new() {
                     self.rerun_init_containers();
                 }
                 self.sandbox_started = Some(t0);
                 self.pending_sandbox = Some(pending);
+                self.pending_setup = Some(setup);
             }
             Err(e) => self.sandbox_failed(e),
         }
     }
 
-    /// Waits for the namespaces `setup_sandbox` started; afterwards `self.sandbox` is set or
-    /// the failure is recorded for the pod's status and retried later.
+    /// Makes the pod cgroup (and the QoS-level ones the first time) and writes the /etc files on
+    /// a thread of its own: on cgroup v1 that is seven hierarchies' worth of mkdir and limit
+    /// files, and a dozen file system calls, which runc needs only when it starts the first
+    /// container.
+    fn begin_pod_setup(&self, etc: EtcFiles) -> Result<PendingSetup, String> {
+        let mut limits = pod_limits(&self.pod.spec);
+        limits.pids = u64::try_from(self.ctx.security.pod_pids_limit)
+            .ok()
+            .filter(|p| *p > 0);
+        let rt = &self.ctx.runtime;
+        let cgroup = rt.pod_cgroup(status::qos_class(&self.pod.spec), &self.pod.uid);
+        let (cgroups, root, ready) = (
+            rt.cgroups.clone(),
+            rt.cgroup_root.clone(),
+            rt.qos_cgroups_ready.clone(),
+        );
+        std::thread::Builder::new()
+            .name("pod-setup".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                cgroups
+                    .create_pod(&root, &cgroup, &limits, &ready)
+                    .map_err(|e| format!("creating pod cgroup: {}", e))?;
+                fsutil::ensure_dir(&etc.log_dir).map_err(|e| e.to_string())?;
+                etc.write()
+                    .map_err(|e| format!("writing /etc files: {}", e))
+            })
+            .map_err(|e| format!("spawning the pod setup thread: {}", e))
+    }
+
+    /// Waits for the namespaces, pod cgroup and /etc files `setup_sandbox` started; afterwards
+    /// `self.sandbox` is set or the failure is recorded for the pod's status and retried later.
     pub(super) fn finish_sandbox(&mut self) -> bool {
         if let Some(pending) = self.pending_sandbox.take() {
             let new = pending.is_new();
-            match pending.wait() {
-                Ok(sb) => {
+            // Both are waited for, so that no thread is left working on a retried sandbox.
+            let setup = self.pending_setup.take().map_or(Ok(()), |t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("the pod setup thread panicked".to_string()))
+            });
+            match (pending.wait(), setup) {
+                (Ok(_), Err(e)) => self.sandbox_failed(e),
+                (Ok(sb), Ok(())) => {
                     if let Err(e) = self.attach_network(&sb, new) {
                         self.event(
                             None,
@@ -74,7 +103,7 @@ impl PodWorker {
                     self.sandbox = Some(sb);
                     self.sandbox_error = None;
                 }
-                Err(e) => self.sandbox_failed(format!("creating pod sandbox: {}", e)),
+                (Err(e), _) => self.sandbox_failed(format!("creating pod sandbox: {}", e)),
             }
         }
         self.sandbox.is_some()
@@ -139,23 +168,26 @@ impl PodWorker {
             .to_string()
     }
 
-    pub(super) fn write_etc_files(&self) -> std::io::Result<()> {
-        let etc = self.dir.join("etc");
-        fsutil::ensure_dir(&etc)?;
-        self.write_hosts()?;
-        fsutil::write_volatile(
-            &etc.join("hostname"),
-            format!("{}\n", self.uts_hostname().map_err(std::io::Error::other)?).as_bytes(),
-            0o644,
-        )?;
-        let resolv = self.resolv_conf().map_err(std::io::Error::other)?;
-        fsutil::write_volatile(&etc.join("resolv.conf"), resolv.as_bytes(), 0o644)
+    /// The pod's /etc files as they are to be written (`write_etc_files`).
+    fn etc_files(&self) -> Result<EtcFiles, String> {
+        Ok(EtcFiles {
+            log_dir: self.pod_log_dir(),
+            dir: self.dir.join("etc"),
+            hosts: self.hosts_file(),
+            hostname: format!("{}\n", self.uts_hostname()?),
+            resolv_conf: self.resolv_conf()?,
+        })
+    }
+
+    /// Rewrites /etc/hosts (the pod's IPs are known now).
+    pub(super) fn write_hosts(&self) -> std::io::Result<()> {
+        let path = self.dir.join("etc").join("hosts");
+        fsutil::write_volatile(&path, self.hosts_file().as_bytes(), 0o644)
     }
 
     /// /etc/hosts as the kubelet writes it: the host's for hostNetwork pods, else localhost,
     /// the pod's own names, and hostAliases.
-    pub(super) fn write_hosts(&self) -> std::io::Result<()> {
-        let etc = self.dir.join("etc");
+    fn hosts_file(&self) -> String {
         let mut hosts = if self.pod.spec.host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
@@ -179,7 +211,32 @@ impl PodWorker {
             )
         };
         hosts.push_str(&host_aliases(&self.pod.spec.host_aliases));
-        fsutil::write_volatile(&etc.join("hosts"), hosts.as_bytes(), 0o644)
+        hosts
+    }
+}
+
+/// The pod's generated /etc files, made on the worker (DNS warnings become events) and written
+/// on the setup thread, with the pod's log directory.
+struct EtcFiles {
+    /// The pod's log directory, made here too: one mkdir less for each container's monitor.
+    log_dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    hosts: String,
+    hostname: String,
+    resolv_conf: String,
+}
+
+impl EtcFiles {
+    fn write(&self) -> std::io::Result<()> {
+        fsutil::ensure_dir(&self.dir)?;
+        for (name, text) in [
+            ("hosts", &self.hosts),
+            ("hostname", &self.hostname),
+            ("resolv.conf", &self.resolv_conf),
+        ] {
+            fsutil::write_volatile(&self.dir.join(name), text.as_bytes(), 0o644)?;
+        }
+        Ok(())
     }
 }
 
