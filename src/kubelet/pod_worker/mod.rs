@@ -285,6 +285,9 @@ impl PodWorker {
         }
         // No container needed it this time (image missing, back-off): finish it anyway.
         self.finish_sandbox();
+        // The status first: the record's two fsyncs must not delay a Running reported to the
+        // API server (they cost tens of milliseconds on an SD card).
+        self.publish();
         // Not while runc is starting a container launched in this sync: the fsyncs (a journal
         // commit) would compete with it for the disk on a small device. The next sync, when the
         // monitor reports the container started (at most 1 s later), saves it. A crash before
@@ -292,7 +295,6 @@ impl PodWorker {
         if !std::mem::take(&mut self.launched) {
             self.save_record();
         }
-        self.publish();
         self.release_network_when_finished();
     }
 
