@@ -124,6 +124,57 @@ pub fn probe_response(data: &[u8]) {
     crate::kubelet::prober::fuzz::response(data);
 }
 
+/// A peer for the targets that read from a socket: the input handed out `chunk` bytes at a time
+/// (as TCP segments and TLS records may split it), then EOF, or over and over when `endless`.
+/// Counts what was read (`given`) and what the code under test wrote back (`written`).
+pub struct Feed<'a> {
+    data: &'a [u8],
+    at: usize,
+    chunk: usize,
+    endless: bool,
+    pub given: usize,
+    pub written: usize,
+}
+
+impl<'a> Feed<'a> {
+    pub fn new(data: &'a [u8], chunk: usize, endless: bool) -> Feed<'a> {
+        Feed {
+            data,
+            at: 0,
+            chunk,
+            endless,
+            given: 0,
+            written: 0,
+        }
+    }
+}
+
+impl std::io::Read for Feed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.data.len() {
+            if !self.endless || self.data.is_empty() {
+                return Ok(0);
+            }
+            self.at = 0;
+        }
+        let n = buf.len().min(self.chunk).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        self.given += n;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Feed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

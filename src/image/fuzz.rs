@@ -60,7 +60,15 @@ const LAYER_SEPARATOR: &[u8] = b"TLYR";
 /// Unpacks the layers in `data` into `<scratch>/root` beside an empty `<scratch>/outside`;
 /// afterwards `outside` must still be empty and nothing else may exist in the scratch dir.
 pub(crate) fn layer(data: &[u8]) {
-    let scratch = std::env::temp_dir().join(format!("tinylet-fuzz-layer-{}", std::process::id()));
+    // One scratch dir per call: the unit tests run the corpus replay and the mutation run of
+    // this target at the same time, on two threads.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = std::env::temp_dir().join(format!(
+        "tinylet-fuzz-layer-{}-{}",
+        std::process::id(),
+        call
+    ));
     let _ = fs::remove_dir_all(&scratch);
     let root = scratch.join("root");
     let outside = scratch.join("outside");

@@ -8,9 +8,9 @@ use super::authn::Authenticator;
 use super::authz::{self, Authorizer, Mode};
 use super::http::{ReadError, Request, MAX_HEAD};
 use super::{logs, route, Reviewer, Settings};
+use crate::fuzzing::Feed;
 use crate::kubelet::store::{self, Attempt, ContainerRecord, PodRecord};
 use serde_json::{json, Value};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -166,44 +166,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&b[..size]);
         assert_eq!(&b[size..size + 2], b"\r\n");
         b = &b[size + 2..];
-    }
-}
-
-/// The bytes of an input handed out `chunk` at a time (as TCP and TLS records may split them),
-/// then EOF, or over and over when `endless`.
-struct Feed<'a> {
-    data: &'a [u8],
-    at: usize,
-    chunk: usize,
-    endless: bool,
-    given: usize,
-}
-
-impl<'a> Feed<'a> {
-    fn new(data: &'a [u8], chunk: usize, endless: bool) -> Feed<'a> {
-        Feed {
-            data,
-            at: 0,
-            chunk,
-            endless,
-            given: 0,
-        }
-    }
-}
-
-impl Read for Feed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.data.len() {
-            if !self.endless {
-                return Ok(0);
-            }
-            self.at = 0;
-        }
-        let n = buf.len().min(self.chunk).min(self.data.len() - self.at);
-        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-        self.at += n;
-        self.given += n;
-        Ok(n)
     }
 }
 

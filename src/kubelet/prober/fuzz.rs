@@ -4,7 +4,7 @@
 
 use super::grpc::{self, Failure};
 use super::{hpack, http};
-use std::io::{Read, Write};
+use crate::fuzzing::Feed;
 use std::time::{Duration, Instant};
 
 /// The same bytes through each reader; none may panic, and each stays within its bounds.
@@ -27,7 +27,7 @@ fn hpack_block(data: &[u8]) {
 
 /// A gRPC health server that sends `data` (in 7-byte reads, as a trickling server would).
 fn grpc_server(data: &[u8]) {
-    let mut server = Server::new(data, 7, false);
+    let mut server = Feed::new(data, 7, false);
     let deadline = Instant::now() + Duration::from_secs(3600);
     let request = match grpc::call(&mut server, "127.0.0.1:9", "svc", deadline) {
         Ok(answer) => {
@@ -60,8 +60,8 @@ fn grpc_server(data: &[u8]) {
 /// `Location`; and an answer whose head never ends.
 fn http_server(data: &[u8]) {
     let req = "GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:8080\r\n\r\n";
-    let whole = http::exchange(&mut Server::new(data, usize::MAX, false), req);
-    let trickled = http::exchange(&mut Server::new(data, 3, false), req);
+    let whole = http::exchange(&mut Feed::new(data, usize::MAX, false), req);
+    let trickled = http::exchange(&mut Feed::new(data, 3, false), req);
     let head = whole.expect("a read from a slice failed");
     let parsed = http::parse_head(&head);
     let trickled = trickled.expect("a read from a slice failed");
@@ -85,7 +85,7 @@ fn http_server(data: &[u8]) {
     }
     if !data.is_empty() {
         for chunk in [usize::MAX, 3] {
-            let mut endless = Server::new(data, chunk, true);
+            let mut endless = Feed::new(data, chunk, true);
             let head = http::exchange(&mut endless, req).expect("a read from a slice failed");
             assert!(
                 head.len() < http::MAX_HEAD + 1024,
@@ -93,52 +93,5 @@ fn http_server(data: &[u8]) {
                 head.len()
             );
         }
-    }
-}
-
-/// A server sending `data` `chunk` bytes at a time, then EOF (or again and again when
-/// `endless`); what the client writes is counted.
-struct Server<'a> {
-    data: &'a [u8],
-    at: usize,
-    chunk: usize,
-    endless: bool,
-    written: usize,
-}
-
-impl<'a> Server<'a> {
-    fn new(data: &'a [u8], chunk: usize, endless: bool) -> Server<'a> {
-        Server {
-            data,
-            at: 0,
-            chunk,
-            endless,
-            written: 0,
-        }
-    }
-}
-
-impl Read for Server<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.data.len() {
-            if !self.endless {
-                return Ok(0);
-            }
-            self.at = 0;
-        }
-        let n = buf.len().min(self.chunk).min(self.data.len() - self.at);
-        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl Write for Server<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.written += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
