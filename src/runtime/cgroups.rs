@@ -550,39 +550,25 @@ mod tests {
             cpu_request_millis: Some(0),
             ..Default::default()
         };
-        h.create_pod(
-            "/",
-            &pod_cgroup_path("/", "BestEffort", "a"),
-            &best_effort,
-            &ready,
-        )
-        .unwrap();
+        let make = |qos: &str, pod: &str, limits: &Limits| {
+            h.create_pod("/", &pod_cgroup_path("/", qos, pod), limits, &ready)
+                .unwrap()
+        };
+        make("BestEffort", "a", &best_effort);
         assert!(ready.load(Ordering::Acquire));
         assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
         assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "2");
         assert!(base.join("memory/kubepods/besteffort/poda").is_dir());
         // Once made, the QoS level is not written again for the next pod...
         fs::write(base.join("cpu/kubepods/besteffort/cpu.shares"), "7").unwrap();
-        h.create_pod(
-            "/",
-            &pod_cgroup_path("/", "BestEffort", "b"),
-            &best_effort,
-            &ready,
-        )
-        .unwrap();
+        make("BestEffort", "b", &best_effort);
         assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "7");
         assert!(base.join("pids/kubepods/besteffort/podb").is_dir());
         // ...unless it is gone: then it is made again, with its shares.
         for c in V1_CONTROLLERS {
             fs::remove_dir_all(base.join(c).join("kubepods/besteffort")).unwrap();
         }
-        h.create_pod(
-            "/",
-            &pod_cgroup_path("/", "BestEffort", "c"),
-            &best_effort,
-            &ready,
-        )
-        .unwrap();
+        make("BestEffort", "c", &best_effort);
         assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
         assert!(base.join("devices/kubepods/besteffort/podc").is_dir());
         // A Burstable pod is counted in burstable's shares.
@@ -590,13 +576,7 @@ mod tests {
             cpu_request_millis: Some(1000),
             ..Default::default()
         };
-        h.create_pod(
-            "/",
-            &pod_cgroup_path("/", "Burstable", "d"),
-            &burstable,
-            &ready,
-        )
-        .unwrap();
+        make("Burstable", "d", &burstable);
         assert_eq!(read("cpu/kubepods/burstable/cpu.shares"), "1024");
         fs::remove_dir_all(&base).unwrap();
     }
