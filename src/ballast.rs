@@ -208,7 +208,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ballast_is_made_whole_and_only_spent_on_a_full_disk() {
+    fn a_ballast_is_made_whole_and_a_monitor_never_makes_one() {
         let dir = std::env::temp_dir().join(format!("tinylet-ballast-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
