@@ -3,7 +3,10 @@
 //! at random moments and started again. At the end every desired pod runs exactly once, every
 //! pod that ran to completion keeps its exit status, and nothing is orphaned: no runc container,
 //! monitor, cgroup, mount (namespace pins, /dev/shm, rootfs overlays), bundle or pod directory
-//! that no desired pod owns. (CNI IP allocations: tinylet has no CNI networking yet.)
+//! that no desired pod owns, and no pod-network address (host-local CNI allocation) that no
+//! running pod holds: the node runs in a network namespace of its own with the zero-config pod
+//! network (`--pod-cidr`, the bridge, host-local and portmap plugins), so kills also land in the
+//! middle of CNI ADDs and DELs.
 //!
 //! Also here: a full disk and a read-only root dir (a small tmpfs as `--root-dir`): clear errors,
 //! running pods untouched, state files intact, and recovery once space or write access returns.
@@ -87,8 +90,55 @@ fn api_pod(name: &str, node: &Node) -> Value {
     })
 }
 
-fn join(api: &ApiServer) -> Node {
-    api.join_node(None, &["--node-status-update-frequency", "1s"])
+/// The CNI plugins (Debian's containernetworking-plugins).
+const PLUGINS: &str = "/usr/lib/cni";
+/// The network name of the zero-config pod network, its host-local lease directory's name.
+const POD_NETWORK: &str = "tinylet";
+
+/// A node in a network namespace of its own, with the zero-config pod network, joined to an
+/// API-server double started in that namespace (this test thread moves into it).
+fn join_with_pod_network(api_args: &[&str]) -> (Node, ApiServer) {
+    use support::apiserver::KubeconfigUser;
+    let mut node = Node::create();
+    node.use_netns();
+    node.enter_netns_on_this_thread();
+    let api = ApiServer::start_with(api_args);
+    let kubeconfig = node.dir.join("kubeconfig");
+    api.write_kubeconfig(
+        &kubeconfig,
+        &KubeconfigUser::NodeCert(node.node_name.clone()),
+        false,
+    );
+    let conf_dir = node.dir.join("net.d");
+    node.extra_run_args.extend(
+        [
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--node-status-update-frequency",
+            "1s",
+            "--cni-conf-dir",
+            &conf_dir.display().to_string(),
+            "--cni-bin-dir",
+            PLUGINS,
+            "--pod-cidr",
+            "10.78.0.0/24",
+        ]
+        .map(String::from),
+    );
+    node.import_image();
+    node.start_daemon();
+    (node, api)
+}
+
+/// The addresses the host-local plugin has handed out and not taken back.
+fn cni_allocations(node: &Node) -> BTreeSet<String> {
+    fs::read_dir(node.root.join("cni/networks").join(POD_NETWORK))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect()
 }
 
 /// Figures of one round, printed at the end.
@@ -245,6 +295,7 @@ fn converged(node: &Node, api: &ApiServer, d: &Desired) -> Result<(), String> {
         .map(|p| (p["metadata"]["name"].as_str().unwrap_or("").to_string(), p))
         .collect();
     let mut running_ids = BTreeSet::new();
+    let mut running_ips = BTreeSet::new();
     let mut all_ids = BTreeSet::new();
     let mut uids = BTreeSet::new();
     let want = |name: &str| by_name.get(name).ok_or(format!("{name}: not on the node"));
@@ -283,6 +334,16 @@ fn converged(node: &Node, api: &ApiServer, d: &Desired) -> Result<(), String> {
     }
     for p in &items {
         uids.insert(uid(p));
+        if p["status"]["phase"] == "Running" {
+            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+            if ip.is_empty() {
+                return Err(format!(
+                    "{}: running without a pod IP",
+                    p["metadata"]["name"]
+                ));
+            }
+            running_ips.insert(ip.to_string());
+        }
         for c in p["status"]["containerStatuses"]
             .as_array()
             .into_iter()
@@ -310,7 +371,15 @@ fn converged(node: &Node, api: &ApiServer, d: &Desired) -> Result<(), String> {
     if api_names != d.apis {
         return Err(format!("API pods {api_names:?}, want {:?}", d.apis));
     }
-    orphans(node, &running_ids, &all_ids, &uids)
+    orphans(node, &running_ids, &all_ids, &uids)?;
+    // Every address handed out is held by a running pod (finished pods give theirs back).
+    let allocated = cni_allocations(node);
+    if allocated != running_ips {
+        return Err(format!(
+            "CNI allocations {allocated:?}, running pods' IPs {running_ips:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// The ID of the pod's running container ("c"), which must be the only one.
@@ -428,8 +497,7 @@ fn kill9_chaos_ends_with_every_pod_once_and_no_orphans() {
     );
     let minutes = env_u64("TINYLET_CHAOS_MINUTES", 2);
     eprintln!("chaos: {ops} operations, seed {seed} (TINYLET_CHAOS_SEED={seed} replays it)");
-    let api = ApiServer::start_with(&["--bookmark-interval=0.5"]);
-    let mut node = join(&api);
+    let (mut node, api) = join_with_pod_network(&["--bookmark-interval=0.5"]);
     let mut rng = Rng(seed);
     let deadline = Instant::now() + Duration::from_secs(minutes * 60);
     let d = chaos(&mut node, &api, &mut rng, ops, deadline);

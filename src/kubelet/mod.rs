@@ -433,7 +433,14 @@ fn collect_recordless_pods(
                 }
             }
         }
-        let mut result = crate::runtime::sandbox::remove(&dir).map_err(|e| e.to_string());
+        // Its network first (CNI DEL while the namespace is still pinned): the record of an ADD
+        // is written before the pod record, and removing the directory without a DEL would keep
+        // the pod's address allocated for good.
+        let ns = dir.join("ns").join("net");
+        let netns = crate::runtime::sandbox::is_nsfs(&ns).then_some(ns.as_path());
+        let mut result = ctx.network.detach(&dir, netns).map(|_| ());
+        result =
+            result.and_then(|_| crate::runtime::sandbox::remove(&dir).map_err(|e| e.to_string()));
         for qos in ["Guaranteed", "Burstable", "BestEffort"] {
             let cgroup = rt.pod_cgroup(qos, &uid);
             result = result.and_then(|_| {
