@@ -29,16 +29,7 @@ fn eventually<T>(node: &Node, what: &str, within: Duration, f: impl FnMut() -> O
 }
 
 fn api_pod(name: &str, node: &Node, script: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.node_name,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", script]}],
-        },
-    })
+    support::apiserver::api_pod(node, name, &["sh", "-c", script], 2)
 }
 
 const SLEEPER: &str = "trap 'exit 0' TERM; sleep 3600 & wait";

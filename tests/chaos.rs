@@ -78,16 +78,7 @@ fn job_manifest(name: &str) -> String {
 }
 
 fn api_pod(name: &str, node: &Node) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.node_name,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "100000"]}],
-        },
-    })
+    support::apiserver::api_pod(node, name, &["sleep", "100000"], 1)
 }
 
 /// The CNI plugins (Debian's containernetworking-plugins).
@@ -98,34 +89,18 @@ const POD_NETWORK: &str = "tinylet";
 /// A node in a network namespace of its own, with the zero-config pod network, joined to an
 /// API-server double started in that namespace (this test thread moves into it).
 fn join_with_pod_network(api_args: &[&str]) -> (Node, ApiServer) {
-    use support::apiserver::KubeconfigUser;
-    let mut node = Node::create();
-    node.use_netns();
-    node.enter_netns_on_this_thread();
-    let api = ApiServer::start_with(api_args);
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    let conf_dir = node.dir.join("net.d");
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
+    // The zero-config network writes its conflist to the node's own --cni-conf-dir (run_args).
+    let (mut node, api) = ApiServer::start_with_node_in_netns(
+        api_args,
+        &[
             "--node-status-update-frequency",
             "1s",
-            "--cni-conf-dir",
-            &conf_dir.display().to_string(),
             "--cni-bin-dir",
             PLUGINS,
             "--pod-cidr",
             "10.78.0.0/24",
-        ]
-        .map(String::from),
+        ],
     );
-    node.import_image();
     node.start_daemon();
     (node, api)
 }
@@ -435,7 +410,7 @@ fn orphans(
     if !bundles.is_subset(all_ids) {
         return Err(format!("bundles {bundles:?}, containers {all_ids:?}"));
     }
-    let cgroups = pod_cgroups(&node.cgroup_root);
+    let cgroups = node.pod_cgroups();
     let stray: Vec<_> = cgroups
         .iter()
         .filter(|c| !uids.iter().any(|u| c.ends_with(format!("pod{u}"))))
@@ -455,33 +430,6 @@ fn orphans(
         }
     }
     Ok(())
-}
-
-/// Every `pod<uid>` cgroup of the node, in every hierarchy.
-fn pod_cgroups(cgroup_root: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for h in fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let kubepods = h
-            .path()
-            .join(cgroup_root.trim_matches('/'))
-            .join("kubepods");
-        for q in ["", "burstable", "besteffort"] {
-            for e in fs::read_dir(kubepods.join(q))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().starts_with("pod") {
-                    found.push(e.path());
-                }
-            }
-        }
-    }
-    found
 }
 
 #[test]

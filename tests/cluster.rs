@@ -31,21 +31,11 @@ fn join_with(api: &ApiServer, extra: &[String]) -> Node {
 }
 
 fn api_pod(name: &str, node: &Node, script: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-        "spec": {
-            "nodeName": node.node_name,
-            "terminationGracePeriodSeconds": 3,
-            "containers": [{
-                "name": "c",
-                "image": IMAGE,
-                "command": ["sh", "-c", script],
-                "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}},
-            }],
-        },
-    })
+    let mut pod = support::apiserver::api_pod(node, name, &["sh", "-c", script], 3);
+    pod["metadata"]["labels"] = json!({"app": name});
+    pod["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"memory": "64Mi", "cpu": "250m"}});
+    pod
 }
 
 fn api_cstatus(pod: &Value) -> &Value {

@@ -9,7 +9,7 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::apiserver::{eventually, openssl, ApiServer};
 use support::*;
@@ -30,16 +30,7 @@ fn join(api: &ApiServer) -> Node {
 }
 
 fn api_pod(name: &str, node: &Node) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.node_name,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "100000"]}],
-        },
-    })
+    support::apiserver::api_pod(node, name, &["sleep", "100000"], 2)
 }
 
 /// The container ID the API server shows for a running pod.

@@ -450,33 +450,18 @@ fn resolv_conf_per_dns_policy() {
 
 #[test]
 fn cluster_mode_zero_config_uses_the_nodes_pod_cidr() {
-    use support::apiserver::{ApiServer, KubeconfigUser};
-    let mut node = Node::create();
-    node.use_netns();
-    // The double, the daemon and this test's API calls all in the node namespace.
-    node.enter_netns_on_this_thread();
-    let api = ApiServer::start();
-    let kubeconfig = node.dir.join("kubeconfig");
-    api.write_kubeconfig(
-        &kubeconfig,
-        &KubeconfigUser::NodeCert(node.node_name.clone()),
-        false,
-    );
-    let conf_dir = node.dir.join("net.d");
-    node.extra_run_args.extend(
-        [
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
+    use support::apiserver::ApiServer;
+    // The double, the daemon and this test's API calls all in the node namespace; the
+    // zero-config network writes its conflist to the node's own --cni-conf-dir (run_args).
+    let (mut node, api) = ApiServer::start_with_node_in_netns(
+        &[],
+        &[
             "--node-status-update-frequency",
             "1s",
-            "--cni-conf-dir",
-            &conf_dir.display().to_string(),
             "--cni-bin-dir",
             PLUGINS,
-        ]
-        .map(String::from),
+        ],
     );
-    node.import_image();
     node.start_daemon();
     let name = node.node_name.clone();
     poll_until(
@@ -512,6 +497,6 @@ fn cluster_mode_zero_config_uses_the_nodes_pod_cidr() {
         || format!("{}\n{}", node.daemon_log_tail(30), api.log_tail(20)),
     );
     assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["podIP"]);
-    assert!(conf_dir.join("10-tinylet.conflist").is_file());
+    assert!(node.dir.join("net.d/10-tinylet.conflist").is_file());
     api.assert_no_violations();
 }

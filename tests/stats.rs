@@ -330,21 +330,10 @@ fn join_prepared(api: &ApiServer, extra: &[&str], prepare: impl FnOnce(&Node)) -
 }
 
 fn api_pod(node: &Node, name: &str, resources: Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.node_name,
-            "terminationGracePeriodSeconds": 30,
-            "containers": [{
-                "name": "c",
-                "image": IMAGE,
-                "command": ["sh", "-c", "head -c 8000000 /dev/zero > /dev/shm/x; sleep 3600"],
-                "resources": resources,
-            }],
-        },
-    })
+    let script = "head -c 8000000 /dev/zero > /dev/shm/x; sleep 3600";
+    let mut pod = support::apiserver::api_pod(node, name, &["sh", "-c", script], 30);
+    pod["spec"]["containers"][0]["resources"] = resources;
+    pod
 }
 
 fn node_condition(api: &ApiServer, node: &Node, t: &str) -> Option<String> {

@@ -269,6 +269,30 @@ impl ApiServer {
         node
     }
 
+    /// A node in a network namespace of its own (`Node::use_netns`) and a double started inside
+    /// that namespace, where the daemon reaches it on loopback (the calling test thread moves
+    /// into the namespace, so its API calls go there too). The node authenticates with a node
+    /// certificate; `extra` is added to its run arguments. The image is imported; the daemon is
+    /// not started.
+    pub fn start_with_node_in_netns(opts: &[&str], extra: &[&str]) -> (super::Node, ApiServer) {
+        let mut node = super::Node::create();
+        node.use_netns();
+        node.enter_netns_on_this_thread();
+        let api = ApiServer::start_with(opts);
+        let kubeconfig = node.dir.join("kubeconfig");
+        api.write_kubeconfig(
+            &kubeconfig,
+            &KubeconfigUser::NodeCert(node.node_name.clone()),
+            false,
+        );
+        node.extra_run_args.push("--kubeconfig".into());
+        node.extra_run_args.push(kubeconfig.display().to_string());
+        node.extra_run_args
+            .extend(extra.iter().map(|s| s.to_string()));
+        node.import_image();
+        (node, api)
+    }
+
     /// `prepare_node`, with the daemon started.
     pub fn join_node(&self, relay: Option<&super::relay::Relay>, extra: &[&str]) -> super::Node {
         let mut node = self.prepare_node(relay, extra);
@@ -686,6 +710,21 @@ fn unique_serial() -> String {
 }
 
 /// Runs openssl with `stdin`; panics on failure; returns stdout.
+/// An API pod bound to `node` in `default`: one container `c` of the test image running
+/// `command`, with `grace` seconds to stop. Tests set anything else on the value.
+pub fn api_pod(node: &super::Node, name: &str, command: &[&str], grace: u32) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node.node_name,
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{"name": "c", "image": super::IMAGE, "command": command}],
+        },
+    })
+}
+
 pub fn openssl(args: &[&str], stdin: &[u8]) -> String {
     use std::io::Write;
     let mut child = Command::new("openssl")

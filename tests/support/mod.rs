@@ -593,8 +593,17 @@ impl Node {
             .unwrap_or_else(|| kubepods.join(format!("pod{}", uid)))
     }
 
-    /// Every hierarchy under /sys/fs/cgroup in which the pod's cgroup exists.
+    /// The pod's cgroup in every hierarchy under /sys/fs/cgroup that has it.
     pub fn pod_cgroups_present(&self, uid: &str) -> Vec<PathBuf> {
+        let name = format!("pod{}", uid);
+        self.pod_cgroups()
+            .into_iter()
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy() == name))
+            .collect()
+    }
+
+    /// Every `pod<uid>` cgroup of this node (any QoS level), in every hierarchy.
+    pub fn pod_cgroups(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         for h in fs::read_dir("/sys/fs/cgroup")
             .into_iter()
@@ -606,9 +615,14 @@ impl Node {
                 .join(self.cgroup_root.trim_start_matches('/'))
                 .join("kubepods");
             for q in ["", "burstable", "besteffort"] {
-                let d = kubepods.join(q).join(format!("pod{}", uid));
-                if d.exists() {
-                    found.push(d);
+                for e in fs::read_dir(kubepods.join(q))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if e.file_name().to_string_lossy().starts_with("pod") {
+                        found.push(e.path());
+                    }
                 }
             }
         }
