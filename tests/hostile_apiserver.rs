@@ -11,7 +11,7 @@ mod support;
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::apiserver::{eventually, openssl, ApiServer};
+use support::apiserver::{eventually, self_signed_cert, ApiServer};
 use support::*;
 
 /// Each misbehaviour lasts this long.
@@ -174,25 +174,10 @@ fn a_server_certificate_from_another_ca_is_refused_and_pods_keep_running() {
     // Another CA: what tinylet sees when someone else answers at the server's address.
     let other = node.dir.join("other-ca");
     std::fs::create_dir_all(&other).unwrap();
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=not-the-cluster-ca",
-            "-days",
-            "1",
-            "-keyout",
-            &other.join("ca.key").display().to_string(),
-            "-out",
-            &other.join("ca.crt").display().to_string(),
-        ],
-        b"",
+    self_signed_cert(
+        "/CN=not-the-cluster-ca",
+        &other.join("ca.crt"),
+        &other.join("ca.key"),
     );
     let kubeconfig = node.dir.join("kubeconfig");
     let good = std::fs::read_to_string(&kubeconfig).unwrap();

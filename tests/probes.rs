@@ -231,27 +231,7 @@ fn a_grpc_probe_against_a_server_that_is_not_grpc_fails_without_hanging() {
 fn https_probes_accept_any_certificate_and_follow_redirects() {
     let mut node = Node::start();
     let (cert, key) = (node.dir.join("cert.pem"), node.dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=not-this-host.example"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::apiserver::self_signed_cert("/CN=not-this-host.example", &cert, &key);
     let server = HostServer::start("https_server.py", &[&cert, &key], &node.dir);
     let probe = |path: &str| {
         json!({"httpGet": {"scheme": "HTTPS", "port": server.port, "path": path},

@@ -725,6 +725,32 @@ pub fn api_pod(node: &super::Node, name: &str, command: &[&str], grace: u32) -> 
     })
 }
 
+/// A self-signed P-256 certificate for `subject` (`/CN=…`), valid for a day, written to `cert`
+/// with its key in `key`.
+pub fn self_signed_cert(subject: &str, cert: &Path, key: &Path) {
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-days",
+            "1",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ],
+        b"",
+    );
+}
+
 pub fn openssl(args: &[&str], stdin: &[u8]) -> String {
     use std::io::Write;
     let mut child = Command::new("openssl")
